@@ -1,0 +1,62 @@
+"""Configuration from the environment (design.md section 2), read once per job."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+
+
+def _default_models_dir() -> Path:
+    volume = Path("/runpod-volume")
+    return volume / "models" if volume.is_dir() else HERE / "models"
+
+
+def _float_env(name: str, default: float | None) -> float | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from exc
+
+
+def _flag_env(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    a1111_url: str
+    ready_timeout_s: float
+    models_dir: Path
+    catalog_path: Path
+    backend: str  # "a1111" | "forge"
+    job_timeout_s: float
+    cache_max_gb: float | None
+    max_result_mb: float
+    allow_pickle_models: bool
+    download_allow_private: bool
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        backend = os.environ.get("WEBUI_BACKEND", "a1111").strip().lower() or "a1111"
+        if backend not in {"a1111", "forge"}:
+            raise ValueError(f"WEBUI_BACKEND must be 'a1111' or 'forge', got {backend!r}")
+        return cls(
+            a1111_url=os.environ.get("A1111_URL", "http://127.0.0.1:3000").rstrip("/"),
+            ready_timeout_s=_float_env("A1111_READY_TIMEOUT", 600.0) or 600.0,
+            models_dir=Path(os.environ["MODELS_DIR"]) if os.environ.get("MODELS_DIR") else _default_models_dir(),
+            catalog_path=Path(os.environ.get("MODELS_CATALOG") or HERE / "models.json"),
+            backend=backend,
+            # RunPod's default execution timeout is 600 s; stop a little before it so
+            # the worker, not the platform, reports the timeout and interrupts A1111.
+            job_timeout_s=_float_env("JOB_TIMEOUT", 570.0) or 570.0,
+            cache_max_gb=_float_env("CACHE_MAX_GB", None),
+            max_result_mb=_float_env("MAX_RESULT_MB", 20.0) or 20.0,
+            allow_pickle_models=_flag_env("ALLOW_PICKLE_MODELS"),
+            download_allow_private=_flag_env("DOWNLOAD_ALLOW_PRIVATE"),
+        )
