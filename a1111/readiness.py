@@ -1,0 +1,291 @@
+"""Is A1111 ready for a job? (design.md section 6)
+
+Ready means, in order: the process start.sh launched is alive, ``/sdapi/v1/sd-models``
+answers, the default checkpoint is loaded (``options.sd_model_checkpoint``), and one tiny
+warm-up txt2img (64x64, 1 step) has run. The API answers seconds before the model has
+loaded, and a txt2img sent meanwhile just waits, so the warm-up is the only proof that a
+real job will run.
+
+The first job waits for all of it, bounded by ``A1111_READY_TIMEOUT`` counted from the
+moment A1111 was launched; once ready, later calls only check that the process is still
+alive (no HTTP). A dead A1111 fails the job at once, with the tail of its log, and asks
+RunPod to recycle the worker. The cold-start phases are logged and kept for ``health``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from a1111.supervisor import Supervisor
+from schemas.errors import A1111Unavailable, OutOfMemory
+from schemas.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Connection refused comes back in well under a millisecond, so polling this often costs
+# nothing and lets the worker notice a freshly started server within a few milliseconds.
+API_POLL_S = 0.005
+MODEL_POLL_S = 0.05
+# Once the deadline has passed, a job still gets this long to find A1111 ready
+# (it may have finished loading since), instead of failing without a look.
+LATE_GRACE_S = 3.0
+_PROBE_TIMEOUT = (0.5, 5.0)
+
+WARMUP_PAYLOAD: dict[str, Any] = {
+    "prompt": "warm-up",
+    "negative_prompt": "",
+    "width": 64,
+    "height": 64,
+    "steps": 1,
+    "cfg_scale": 1.0,
+    "seed": 1,
+    "batch_size": 1,
+    "n_iter": 1,
+    "sampler_name": "Euler",
+    "send_images": False,
+    "save_images": False,
+    "do_not_save_samples": True,
+    "do_not_save_grid": True,
+}
+
+
+@dataclass
+class ColdStart:
+    """Seconds since A1111's launch at which each phase was first seen."""
+
+    launched_at: float | None = None  # wall clock; None when nobody launched A1111 for us
+    api_up_s: float | None = None
+    model_loaded_s: float | None = None
+    warm_s: float | None = None
+    no_checkpoint: bool = False
+    noticed_at: dict[str, float] = field(default_factory=dict)  # phase -> time.monotonic()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "api_up_s": self.api_up_s,
+            "model_loaded_s": self.model_loaded_s,
+            "warm_s": self.warm_s,
+            "no_checkpoint": self.no_checkpoint,
+        }
+
+
+@dataclass
+class _State:
+    ready: bool = False
+    first_call: float | None = None  # time.time() of the first ensure_ready, when not supervised
+    cold: ColdStart = field(default_factory=ColdStart)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_STATES: dict[str, _State] = {}
+_STATES_LOCK = threading.Lock()
+
+
+def _state(url: str) -> _State:
+    with _STATES_LOCK:
+        return _STATES.setdefault(url, _State())
+
+
+def reset() -> None:
+    """Forget everything (tests, or after A1111 was restarted)."""
+    with _STATES_LOCK:
+        _STATES.clear()
+
+
+def cold_start(settings: Settings) -> dict[str, Any]:
+    """The cold-start phases measured so far (for the health action)."""
+    st = _state(settings.a1111_url)
+    return {"ready": st.ready, **st.cold.as_dict()}
+
+
+def ensure_ready(client: Any, settings: Settings, supervisor: Supervisor | None = None) -> None:
+    """Return when A1111 is ready; raise A1111Unavailable otherwise (see module doc).
+
+    ``client`` (the job's A1111Client) is accepted for interface symmetry; the probes use
+    their own short timeouts and no retries, because polling must be fast and cheap.
+    """
+    sup = supervisor if supervisor is not None else Supervisor.from_env()
+    st = _state(settings.a1111_url)
+    with st.lock:
+        if st.ready:
+            _check_alive(sup)
+            return
+        _wait_until_ready(st, settings, sup)
+
+
+def _check_alive(sup: Supervisor) -> None:
+    if sup.alive() is False:
+        raise _died(sup, "A1111 is no longer running")
+
+
+def _died(sup: Supervisor, what: str) -> A1111Unavailable:
+    tail = sup.log_tail()
+    log.error("%s; last lines of its log:\n%s", what, "\n".join(tail))
+    return A1111Unavailable(
+        f"{what}; the worker will be restarted (log_tail holds the end of A1111's log).",
+        process_died=True,
+        log_tail=tail,
+    )
+
+
+def _wait_until_ready(st: _State, settings: Settings, sup: Supervisor) -> None:
+    now_wall = time.time()
+    launched = sup.started_at()
+    if launched is None:
+        if st.first_call is None:
+            st.first_call = now_wall
+        launched_ref = st.first_call
+    else:
+        launched_ref = launched
+    st.cold.launched_at = launched
+    deadline_wall = launched_ref + settings.ready_timeout_s
+    late = now_wall >= deadline_wall
+    # Work against the monotonic clock from here on.
+    deadline = time.monotonic() + (LATE_GRACE_S if late else deadline_wall - now_wall)
+    url = settings.a1111_url
+    phase = "API answering"
+    last_error = "no answer yet"
+    with requests.Session() as http:
+        http.trust_env = False  # never route loopback calls through a proxy from the env
+        try:
+            models = _poll_api(http, url, sup, deadline)
+            _mark(st, "api_up", launched_ref)
+            if not models:
+                # A fresh volume may hold no checkpoint yet: the job that names one will
+                # download it and A1111 loads it then. Nothing to warm up until that happens.
+                st.cold.no_checkpoint = True
+                log.warning("A1111 lists no checkpoint yet; ready without warm-up")
+            else:
+                phase = "default checkpoint loaded"
+                _poll_model(http, url, sup, deadline)
+                _mark(st, "model_loaded", launched_ref)
+                phase = "warm-up generation"
+                _warm_up(http, url, sup, deadline)
+                _mark(st, "warm", launched_ref)
+        except _NotYet as exc:
+            last_error = str(exc) or last_error
+            raise _not_ready(settings, sup, phase, last_error, late) from None
+    st.ready = True
+    c = st.cold
+    log.info(
+        "A1111 ready: API up %s, model loaded %s, warm %s (seconds after %s)",
+        _fmt(c.api_up_s), _fmt(c.model_loaded_s), _fmt(c.warm_s),
+        "process start" if launched is not None else "first job",
+    )
+
+
+class _NotYet(Exception):
+    """The deadline passed before a phase completed (message: the last error seen)."""
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}s"
+
+
+def _mark(st: _State, phase: str, launched_ref: float) -> None:
+    st.cold.noticed_at[phase] = time.monotonic()
+    setattr(st.cold, f"{phase}_s", round(time.time() - launched_ref, 3))
+
+
+def _not_ready(settings: Settings, sup: Supervisor, phase: str, last_error: str, late: bool) -> A1111Unavailable:
+    when = "is still not ready" if late else "did not become ready"
+    msg = (
+        f"A1111 {when} within A1111_READY_TIMEOUT={settings.ready_timeout_s:g} s "
+        f"(waiting for: {phase}; last error: {last_error})."
+    )
+    log.error(msg)
+    tail = sup.log_tail()
+    return A1111Unavailable(msg, log_tail=tail) if tail else A1111Unavailable(msg)
+
+
+def _remaining(deadline: float) -> float:
+    return deadline - time.monotonic()
+
+
+def _timeout(deadline: float, read: float) -> tuple[float, float]:
+    left = max(_remaining(deadline), 0.05)
+    return (min(_PROBE_TIMEOUT[0], left), min(read, left))
+
+
+def _poll_api(http: requests.Session, url: str, sup: Supervisor, deadline: float) -> list:
+    last = "no answer yet"
+    while True:
+        if sup.alive() is False:
+            raise _died(sup, "A1111 exited during start-up")
+        try:
+            resp = http.get(f"{url}/sdapi/v1/sd-models", timeout=_timeout(deadline, _PROBE_TIMEOUT[1]))
+            if resp.status_code == 200:
+                body = resp.json()
+                return body if isinstance(body, list) else []
+            last = f"GET /sdapi/v1/sd-models answered HTTP {resp.status_code}"
+        except (requests.RequestException, ValueError) as exc:
+            last = _short(exc)
+        if _remaining(deadline) <= 0:
+            raise _NotYet(last)
+        time.sleep(min(API_POLL_S, max(_remaining(deadline), 0)))
+
+
+def _poll_model(http: requests.Session, url: str, sup: Supervisor, deadline: float) -> str:
+    last = "sd_model_checkpoint not set"
+    while True:
+        if sup.alive() is False:
+            raise _died(sup, "A1111 exited while loading the checkpoint")
+        try:
+            resp = http.get(f"{url}/sdapi/v1/options", timeout=_timeout(deadline, _PROBE_TIMEOUT[1]))
+            if resp.status_code == 200:
+                ckpt = (resp.json() or {}).get("sd_model_checkpoint")
+                if ckpt:
+                    return str(ckpt)
+            else:
+                last = f"GET /sdapi/v1/options answered HTTP {resp.status_code}"
+        except (requests.RequestException, ValueError, AttributeError) as exc:
+            last = _short(exc)
+        if _remaining(deadline) <= 0:
+            raise _NotYet(last)
+        time.sleep(min(MODEL_POLL_S, max(_remaining(deadline), 0)))
+
+
+def _warm_up(http: requests.Session, url: str, sup: Supervisor, deadline: float) -> None:
+    # One request, no retry: a txt2img is never re-sent (A1111 may already be running it).
+    # If the process dies meanwhile, the connection drops and we report the death.
+    if _remaining(deadline) <= 0:
+        raise _NotYet("no time left for the warm-up generation")
+    t0 = time.monotonic()
+    try:
+        resp = http.post(f"{url}/sdapi/v1/txt2img", json=WARMUP_PAYLOAD, timeout=_timeout(deadline, 1e9))
+    except requests.RequestException as exc:
+        if sup.alive() is False:
+            raise _died(sup, "A1111 exited during the warm-up generation") from None
+        raise _NotYet(f"warm-up txt2img: {_short(exc)}") from None
+    if resp.status_code != 200:
+        body = _body(resp)
+        text = f"{body.get('error', '')} {body.get('errors', '')} {body.get('message', '')}"
+        if "OutOfMemory" in text or "CUDA out of memory" in text:
+            raise OutOfMemory("CUDA ran out of memory during the warm-up generation; the worker will be restarted.")
+        detail = " ".join(str(body.get(k) or "") for k in ("error", "errors", "message", "detail")).strip()
+        raise A1111Unavailable(
+            f"A1111's warm-up generation failed with HTTP {resp.status_code}"
+            + (f" ({detail[:300]})" if detail else "")
+            + "; check that the default checkpoint loads (log_tail holds the end of A1111's log).",
+            log_tail=sup.log_tail(),
+        )
+    log.info("warm-up txt2img done in %.2fs", time.monotonic() - t0)
+
+
+def _body(resp: requests.Response) -> dict:
+    try:
+        body = resp.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= 200 else text[:197] + "..."
