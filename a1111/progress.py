@@ -110,7 +110,7 @@ class ProgressReporter:
                 continue
             if payload is None:
                 continue
-            key = (payload["step"], payload["total"], payload["percent"], payload.get("job"))
+            key = tuple(sorted(payload.items()))  # an ETA change alone is news too
             now = time.monotonic()
             if key == last_key or now - last_sent_at < self._min_interval:
                 continue

@@ -1,0 +1,102 @@
+"""ProgressReporter (a1111/progress.py): throttled progress updates during a slow generation.
+
+The replay server answers txt2img slowly (``delay``) while /sdapi/v1/progress advances
+through the recorded mid-generation polls; updates go to a recording ``send``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from a1111.progress import ProgressReporter, progress_payload
+
+REC = Path(__file__).parent / "recordings" / "a1111"
+
+
+def _recorded(name: str) -> dict:
+    return json.loads((REC / f"{name}.json").read_text())["response"]["json"]
+
+
+class _ProgressOnly:
+    """The one call ProgressReporter makes, over real HTTP (A1111Client.progress's contract)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def progress(self) -> dict:
+        return requests.get(f"{self.url}/sdapi/v1/progress", timeout=5).json()
+
+
+def test_payload_from_recorded_mid_generation_poll():
+    p = progress_payload(_recorded("get_progress_mid_generation_4"))
+    assert p == {"step": 1, "total": 10, "percent": 11.0, "eta_s": 69.1}
+
+
+def test_payload_is_none_when_idle_or_garbage():
+    assert progress_payload(_recorded("get_progress_idle")) is None
+    assert progress_payload(_recorded("get_progress_after_interrupt_idle")) is None
+    assert progress_payload("<html>") is None
+    assert progress_payload(None) is None
+
+
+def test_payload_labels_the_stage():
+    p = progress_payload(_recorded("get_progress_mid_generation_1"), label="final")
+    assert p["stage"] == "final" and p["step"] == 0 and p["total"] == 10
+
+
+@pytest.mark.slow
+def test_updates_are_sent_during_a_slow_generation_at_most_once_per_second(replay):
+    replay.delay("POST", "/sdapi/v1/txt2img", 4.0)
+    sent: list[tuple[float, dict, dict]] = []
+    job = {"id": "job-progress", "input": {}}
+
+    def send(j: dict, payload: dict) -> None:
+        sent.append((time.monotonic(), j, payload))
+
+    with ProgressReporter(_ProgressOnly(replay.url), job, send=send, poll_s=0.05):
+        resp = requests.post(f"{replay.url}/sdapi/v1/txt2img", json={"prompt": "x"}, timeout=30)
+    assert resp.status_code == 200
+
+    assert len(sent) >= 3, sent  # a 4 s generation, one update per second
+    assert all(j is job for _, j, _ in sent)
+    gaps = [b[0] - a[0] for a, b in zip(sent, sent[1:], strict=False)]
+    assert min(gaps) >= 0.95, gaps
+    steps = [p["step"] for _, _, p in sent]
+    assert steps == sorted(steps)
+    assert {p["total"] for _, _, p in sent} == {10}
+    assert all(set(p) >= {"step", "total", "percent", "eta_s"} for _, _, p in sent)
+
+
+def test_no_update_after_the_reporter_exits_and_errors_never_escape(replay):
+    replay.delay("POST", "/sdapi/v1/txt2img", 1.5)
+    calls: list[dict] = []
+
+    def failing_send(job: dict, payload: dict) -> None:
+        calls.append(payload)
+        raise RuntimeError("RunPod unreachable")
+
+    t = threading.Thread(target=lambda: requests.post(f"{replay.url}/sdapi/v1/txt2img", json={}, timeout=30))
+    t.start()
+    rep = ProgressReporter(_ProgressOnly(replay.url), "job-x", send=failing_send, poll_s=0.05)
+    with rep:
+        time.sleep(0.5)
+    n = len(calls)
+    assert n >= 1  # it tried, the error stayed inside the reporter
+    time.sleep(0.4)
+    assert len(calls) == n  # stopped with the context
+    t.join()
+
+
+def test_progress_poll_errors_do_not_break_the_job(replay):
+    replay.fault("GET", "/sdapi/v1/progress", "drop")
+    sent: list[dict] = []
+    with ProgressReporter(_ProgressOnly(replay.url), "job-y", send=lambda j, p: sent.append(p), poll_s=0.05):
+        time.sleep(0.3)
+    assert sent == []
+    assert len([r for r in replay.requests if r.path == "/sdapi/v1/progress"]) >= 2
