@@ -1,0 +1,74 @@
+"""Presets: one job in, the list of generation steps out (and extra images after).
+
+``expand`` is called once per job before anything is sent to A1111; ``finish`` after all
+steps ran. Without a preset a job is one unlabelled step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from presets import catalog as catalog_presets
+from presets import flux, rubber_tile
+from presets._jobs import caller_set, rebuild
+from schemas.errors import ValidationFailed
+from schemas.presets import BUILTIN_PRESETS, preset_problems
+
+__all__ = ["Step", "expand", "finish"]
+
+
+@dataclass(frozen=True)
+class Step:
+    label: str | None
+    job: Any  # schemas.job.Job
+
+
+def _with_lora_urls(job: Any) -> Any:
+    """``lora_urls`` (+ ``lora_scales``) become URL LoRA references: the cache downloads
+    each once and stores it under a name derived from the URL's hash."""
+    urls = list(getattr(job, "lora_urls", None) or [])
+    if not urls:
+        return job
+    scales = list(getattr(job, "lora_scales", None) or [1.0] * len(urls))
+    own = [x.model_dump(exclude_unset=True, by_alias=False) for x in (getattr(job, "loras", None) or [])]
+    added = [{"url": u, "weight": float(s)} for u, s in zip(urls, scales, strict=True)]
+    return rebuild(job, {"loras": own + added, "lora_urls": [], "lora_scales": None})
+
+
+def known_presets(catalog: Any) -> list[str]:
+    return sorted(set(BUILTIN_PRESETS) | set(getattr(catalog, "presets", None) or {}))
+
+
+def expand(job: Any, catalog: Any, settings: Any) -> list[Step]:
+    """The generation steps of a job; raises ValidationFailed for bad preset input."""
+    problems = preset_problems(job)
+    if problems:
+        raise ValidationFailed(problems[0]["message"] if len(problems) == 1
+                               else f"{len(problems)} problems with the preset fields: "
+                               + "; ".join(p["message"] for p in problems), details=problems)
+    job = _with_lora_urls(job)
+    name = getattr(job, "preset", None)
+    if name is None:
+        return [Step(None, job)]
+    # models.json may also hold a section for a built-in preset: its settings, not a new preset.
+    if name == rubber_tile.NAME:
+        return [Step(label, j) for label, j in rubber_tile.expand(job, catalog, settings)]
+    if name == flux.NAME:
+        return [Step(label, j) for label, j in flux.expand(job, catalog, settings)]
+    configured = (getattr(catalog, "presets", None) or {}).get(name)
+    if isinstance(configured, dict):
+        return [Step(None, catalog_presets.expand(job, name, configured))]
+    raise ValidationFailed(f"preset {name!r} is unknown; known presets: {', '.join(known_presets(catalog))}",
+                           details=[{"field": "preset", "message": f"unknown preset {name!r}"}])
+
+
+def finish(job: Any, outputs: list[dict]) -> list[tuple[str, str]]:
+    """Extra (label, base64 PNG) images drawn by the worker after the steps ran."""
+    if getattr(job, "preset", None) == rubber_tile.NAME and getattr(job, "colors", None):
+        return [("colormap", rubber_tile.color_map_png(job))]
+    return []
+
+
+# Re-exported for callers that only need to know whether the caller set a field.
+caller_fields = caller_set
