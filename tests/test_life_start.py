@@ -1,0 +1,207 @@
+"""start.sh, run for real, with the replay A1111 server standing in for A1111.
+
+``A1111_CMD`` makes start.sh launch ``python -m tests.replay`` (which accepts and ignores
+A1111's flags, and records its argv); the handler runs in the foreground as in the image,
+either through the RunPod SDK's own local modes (``--test_input``, ``--rp_serve_api``) or
+through a small driver that calls ``handler.handler`` for jobs and prints whole results
+(the SDK's local modes drop ``error_type`` and other keys of a failed job).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+START = ROOT / "start.sh"
+PY = sys.executable
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(tmp_path: Path, *, standin: str = "", ready_timeout: float = 20, volume: bool = True, **extra: str) -> dict:
+    port = _free_port()
+    volume_dir = tmp_path / "runpod-volume"
+    if volume:
+        volume_dir.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "A1111_", "MODELS_"))}
+    env.update(
+        A1111_CMD=f"{PY} -m tests.replay --argv-file {tmp_path / 'argv.txt'} {standin}".strip(),
+        A1111_PORT=str(port),
+        A1111_STATE_DIR=str(tmp_path / "state"),
+        A1111_LOG_ECHO="0",
+        A1111_READY_TIMEOUT=str(ready_timeout),
+        VOLUME_DIR=str(volume_dir),
+        HANDLER_CMD=f"{PY} -u {ROOT / 'handler.py'}",
+        DOWNLOAD_ALLOW_PRIVATE="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def _driver(tmp_path: Path, jobs: list[dict], pause_before: dict[int, float] | None = None) -> str:
+    """A handler command: run these jobs through handler.handler, print each result as JSON."""
+    script = tmp_path / "drive.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from handler import handler
+        jobs = json.loads({json.dumps(json.dumps(jobs))})
+        pauses = {json.dumps({str(k): v for k, v in (pause_before or {}).items()})}
+        for i, job in enumerate(jobs):
+            time.sleep(pauses.get(str(i), 0))
+            t0 = time.monotonic()
+            result = handler(job)
+            print("RESULT " + json.dumps({{"elapsed": time.monotonic() - t0, "result": result}}), flush=True)
+    """))
+    return f"{PY} -u {script}"
+
+
+def _results(stdout: str) -> list[dict]:
+    return [json.loads(line[len("RESULT "):]) for line in stdout.splitlines() if line.startswith("RESULT ")]
+
+
+def _standin_pid(env: dict) -> int:
+    return int(Path(env["A1111_STATE_DIR"], "a1111.pid").read_text())
+
+
+def _gone(pid: int, within: float = 5.0) -> bool:
+    end = time.monotonic() + within
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+JOB = {"id": "job-1", "input": json.loads((ROOT / "test_input.json").read_text())["input"]}
+
+
+def test_serves_a_job_once_the_standin_is_ready_and_passes_loopback_flags(tmp_path):
+    # The stand-in takes 1.5 s to start listening, like A1111 importing torch.
+    env = _env(tmp_path, standin="--listen-after 1.5")
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", str(START), "--test_input", json.dumps(JOB)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "completed successfully" in out
+    assert time.monotonic() - t0 >= 1.5  # the job waited for the stand-in
+
+    argv = Path(tmp_path / "argv.txt").read_text().split("\n")
+    # --nowebui without --server-name would listen on every interface (a1111-api.md section 1)
+    assert argv[argv.index("--server-name") + 1] == "127.0.0.1"
+    for flag in ("--api", "--nowebui", "--xformers", "--opt-sdp-attention", "--skip-prepare-environment",
+                 "--skip-install", "--no-download-sd-model"):
+        assert flag in argv
+    assert argv[argv.index("--port") + 1] == env["A1111_PORT"]
+    models = Path(env["VOLUME_DIR"]) / "models"
+    assert argv[argv.index("--ckpt-dir") + 1] == str(models / "checkpoints")
+    assert argv[argv.index("--lora-dir") + 1] == str(models / "loras")
+    assert argv[argv.index("--embeddings-dir") + 1] == str(models / "embeddings")
+    assert argv[argv.index("--controlnet-dir") + 1] == str(models / "controlnet")
+    assert argv[argv.index("--esrgan-models-path") + 1] == str(models / "upscalers")
+    for kind in ("checkpoints", "loras", "embeddings", "controlnet", "adetailer", "upscalers"):
+        assert (models / kind).is_dir()
+    # the stand-in is stopped when the handler exits
+    assert _gone(_standin_pid(env))
+
+
+def test_test_input_json_works_as_shipped(tmp_path):
+    env = _env(tmp_path)
+    proc = subprocess.run(["bash", str(START)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Using test_input.json as job input." in out and "completed successfully" in out
+
+
+def test_extra_args_and_no_volume_fallback_with_warning(tmp_path):
+    worker = tmp_path / "worker"
+    worker.mkdir()
+    env = _env(tmp_path, volume=False, WORKER_DIR=str(worker),
+               A1111_ARGS_EXTRA="--no-half-vae --medvram-sdxl",
+               HANDLER_CMD=_driver(tmp_path, [{"id": "h", "input": {"action": "health"}}]))
+    proc = subprocess.run(["bash", str(START)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "WARNING: no network volume" in proc.stderr
+    argv = (tmp_path / "argv.txt").read_text().split("\n")
+    assert argv[argv.index("--ckpt-dir") + 1] == str(worker / "models" / "checkpoints")
+    assert argv[-3:-1] == ["--no-half-vae", "--medvram-sdxl"]  # extra flags come last
+    assert (worker / "models" / "loras").is_dir()
+
+
+def test_never_ready_fails_clearly_at_the_deadline(tmp_path):
+    env = _env(tmp_path, standin="--listen-after 120", ready_timeout=3,
+               HANDLER_CMD=_driver(tmp_path, [JOB]))
+    t0 = time.monotonic()
+    proc = subprocess.run(["bash", str(START)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    took = time.monotonic() - t0
+    [res] = _results(proc.stdout)
+    result = res["result"]
+    assert result["error_type"] == "a1111_unavailable", result
+    assert "did not become ready within A1111_READY_TIMEOUT=3" in result["error"]
+    assert "refresh_worker" not in result
+    assert took < 15  # the deadline counts from the process start, plus the handler's imports
+    assert _gone(_standin_pid(env))
+
+
+def test_standin_death_fails_the_next_job_at_once_with_log_tail(tmp_path):
+    # The stand-in serves for 4 s, then exits with status 1 (A1111 crashing).
+    jobs = [JOB, {**JOB, "id": "job-2"}]
+    env = _env(tmp_path, standin="--exit-after 4", HANDLER_CMD=_driver(tmp_path, jobs, pause_before={1: 6}))
+    proc = subprocess.run(["bash", str(START)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    first, second = _results(proc.stdout)
+    assert "error" not in first["result"], first
+    result = second["result"]
+    assert result["error_type"] == "a1111_unavailable", result
+    assert result["refresh_worker"] is True
+    assert second["elapsed"] < 2.0  # at once, not after a timeout
+    assert any("replay A1111 (a1111) serving on" in line for line in result["log_tail"])
+
+
+def test_sigterm_stops_handler_and_a1111(tmp_path):
+    port = _free_port()
+    env = _env(tmp_path)
+    args = ["--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)]
+    proc = subprocess.Popen(["bash", str(START), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = requests.post(f"http://127.0.0.1:{port}/runsync", json={"input": JOB["input"]}, timeout=30)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "the handler's dev API never came up"
+                time.sleep(0.2)
+        assert r.json()["status"] == "COMPLETED", r.text
+        pid = _standin_pid(env)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        assert _gone(pid)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
