@@ -1,0 +1,171 @@
+"""Compile a validated job plus its resolved names into the /sdapi/v1/txt2img body. PURE.
+
+Rules (design.md section 3, a1111-api.md, recordings):
+- Only what the job or the documented defaults set goes in: never sampler internals such
+  as ``eta`` or ``s_noise`` (they turn "Euler a" into plain Euler).
+- LoRAs become ``<lora:NAME:WEIGHT>`` tags appended to the prompt.
+- ``override_settings`` always states the checkpoint (the exact title A1111 lists) and
+  ``CLIP_stop_at_last_layers`` (default 1): A1111 does not restore an override of an option
+  still at its default, so a clip skip of one job leaked into every later one
+  (``txt2img_clip_skip_2``). With everything stated, ``override_settings_restore_afterwards``
+  can be false, which saves a checkpoint reload per job (up to 17 s for SDXL).
+- On A1111, ``sdxl_clip_l_skip`` is stated too (it leaks the same way,
+  ``sdxl_get_options_after_clip_skip_overrides``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from a1111.extensions import compile_extensions
+from a1111.names import Resolved
+from schemas.errors import ValidationFailed
+from schemas.job import Job
+
+DEFAULT_STEPS = 20
+DEFAULT_CFG = 7.0
+DEFAULT_CLIP_SKIP = 1
+LARGE_FAMILIES = {"sdxl", "sd3", "flux"}
+
+# txt2img fields the job sets through its own fields: the escape hatch may not override them.
+JOB_OWNED = {
+    "prompt": "prompt", "negative_prompt": "negative_prompt", "sampler_name": "sampler_name",
+    "sampler_index": "sampler_name", "scheduler": "scheduler", "steps": "steps", "cfg_scale": "cfg_scale",
+    "width": "width", "height": "height", "seed": "seed", "batch_size": "batch_size", "n_iter": "n_iter",
+    "distilled_cfg_scale": "distilled_cfg_scale", "enable_hr": "hires", "hr_scale": "hires",
+    "hr_upscaler": "hires", "hr_second_pass_steps": "hires", "denoising_strength": "hires",
+    "hr_cfg": "hires", "hr_distilled_cfg": "hires", "hr_additional_modules": "hires",
+    "hr_resize_x": "hires", "hr_resize_y": "hires",
+}
+OVERRIDE_OWNED = {
+    "sd_model_checkpoint": "checkpoint", "CLIP_stop_at_last_layers": "clip_skip",
+    "sdxl_clip_l_skip": "clip_skip", "forge_additional_modules": "modules",
+}
+WORKER_OWNED = {
+    "override_settings_restore_afterwards": "the worker states every override, so nothing needs restoring",
+    "send_images": "the worker returns the images",
+    "save_images": "it writes files on the worker and can put a grid image first",
+}
+
+
+def default_size(family: str | None) -> int:
+    return 1024 if family in LARGE_FAMILIES else 512
+
+
+def _weight(w: float) -> str:
+    text = f"{w:.4f}".rstrip("0").rstrip(".")
+    return text if text not in {"", "-0"} else "0"
+
+
+def lora_tags(resolved: Resolved) -> str:
+    return " ".join(f"<lora:{lora.name}:{_weight(lora.weight)}>" for lora in resolved.loras)
+
+
+def compile_txt2img(job: Job, resolved: Resolved, backend: str) -> dict[str, Any]:
+    """The txt2img body for one step. Raises ValidationFailed for fields this backend
+    cannot honour and for escape-hatch fields that would override the job's own."""
+    problems: list[dict[str, str]] = []
+    prompt = job.prompt or ""
+    tags = lora_tags(resolved)
+    if tags:
+        prompt = f"{prompt} {tags}" if prompt else tags
+    clip_skip = job.clip_skip if job.clip_skip is not None else DEFAULT_CLIP_SKIP
+    size = default_size(resolved.family)
+    overrides: dict[str, Any] = {
+        "sd_model_checkpoint": resolved.checkpoint,
+        "CLIP_stop_at_last_layers": clip_skip,
+    }
+    if backend != "forge":
+        overrides["sdxl_clip_l_skip"] = clip_skip > 1
+    payload: dict[str, Any] = {
+        "prompt": prompt,
+        "negative_prompt": job.negative_prompt,
+        "sampler_name": resolved.sampler,
+        "scheduler": resolved.scheduler,
+        "steps": job.steps if job.steps is not None else DEFAULT_STEPS,
+        "cfg_scale": job.cfg_scale if job.cfg_scale is not None else DEFAULT_CFG,
+        "width": job.width if job.width is not None else size,
+        "height": job.height if job.height is not None else size,
+        "seed": job.seed,
+        "batch_size": job.batch_size,
+        "n_iter": job.n_iter,
+        "override_settings": overrides,
+        "override_settings_restore_afterwards": False,
+    }
+    if job.distilled_cfg_scale is not None:
+        if backend == "forge":
+            payload["distilled_cfg_scale"] = job.distilled_cfg_scale
+        else:
+            problems.append({"field": "distilled_cfg_scale",
+                             "message": "distilled_cfg_scale is a Forge field (Flux guidance); this worker runs "
+                                        "A1111 (WEBUI_BACKEND=a1111), which would ignore it"})
+    if job.modules and backend != "forge":
+        problems.append({"field": "modules", "message": "modules (VAE / text encoders) need the Forge backend "
+                                                        "(WEBUI_BACKEND=forge)"})
+    _merge(payload, _extensions(job, backend))
+    problems += _merge_escape_hatch(payload, job.a1111 or {})
+    if problems:
+        more = len(problems) - 1
+        tail = f" (and {more} more problem{'s' if more > 1 else ''}, see details)" if more else ""
+        raise ValidationFailed(problems[0]["message"] + tail, details=problems)
+    return payload
+
+
+def compile_warnings(job: Job, resolved: Resolved, backend: str) -> list[str]:
+    """What the caller should know about how the payload will be applied. PURE."""
+    warnings = []
+    if (job.clip_skip or 1) > 1 and resolved.family == "sdxl" and backend != "forge":
+        warnings.append(
+            f"clip_skip {job.clip_skip} on SDXL: A1111 applies it with sdxl_clip_l_skip set (stated in every "
+            "payload so it never leaks into later jobs); Forge skips layers in both SDXL text encoders, so the "
+            "same job can differ between the two backends")
+    return warnings
+
+
+def _extensions(job: Job, backend: str) -> dict[str, Any]:
+    return compile_extensions(job, backend) or {}
+
+
+def _merge(payload: dict[str, Any], fragment: dict[str, Any]) -> None:
+    for key, value in fragment.items():
+        if key == "override_settings" and isinstance(value, dict):
+            payload["override_settings"].update(value)
+        elif key == "alwayson_scripts" and isinstance(value, dict):
+            payload.setdefault("alwayson_scripts", {}).update(value)
+        else:
+            payload[key] = value
+
+
+def _merge_escape_hatch(payload: dict[str, Any], extra: dict[str, Any]) -> list[dict[str, str]]:
+    problems: list[dict[str, str]] = []
+    for key, value in extra.items():
+        fld = f"a1111.{key}"
+        if key in JOB_OWNED:
+            problems.append({"field": fld, "message": f"a1111.{key} is set through the job field "
+                                                      f"'{JOB_OWNED[key]}'; use that instead"})
+        elif key in WORKER_OWNED:
+            problems.append({"field": fld, "message": f"a1111.{key} cannot be changed: {WORKER_OWNED[key]}"})
+        elif key == "override_settings":
+            if not isinstance(value, dict):
+                problems.append({"field": fld, "message": "a1111.override_settings must be an object"})
+                continue
+            for opt, v in value.items():
+                if opt in OVERRIDE_OWNED:
+                    problems.append({"field": f"{fld}.{opt}", "message": f"a1111.override_settings.{opt} is set "
+                                     f"through the job field '{OVERRIDE_OWNED[opt]}'; use that instead"})
+                else:
+                    payload["override_settings"][opt] = v
+        elif key == "alwayson_scripts":
+            if not isinstance(value, dict):
+                problems.append({"field": fld, "message": "a1111.alwayson_scripts must be an object"})
+                continue
+            taken = {k.lower() for k in payload.get("alwayson_scripts", {})}
+            for script, args in value.items():
+                if script.lower() in taken:
+                    problems.append({"field": f"{fld}.{script}", "message": f"alwayson script '{script}' is "
+                                     "already set by the job's adetailer / controlnet fields"})
+                else:
+                    payload.setdefault("alwayson_scripts", {})[script] = args
+        else:
+            payload[key] = value
+    return problems

@@ -1,0 +1,108 @@
+"""Turn A1111's txt2img answer into the job output of design.md section 4.
+
+A1111's base64 images are passed through untouched (no decode, no re-encode). Only the
+generated images are returned: there are ``len(info.all_seeds)`` of them, starting at
+``info.index_of_first_image``; ControlNet appends its detect maps after them, which are
+returned only when the job asked for them. ``parameters`` is the body the worker sent, with
+long strings (base64 control images) shortened; A1111's own echo is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from a1111.names import Resolved
+from schemas.errors import A1111Error
+
+# Strings longer than this in ``parameters`` are base64 images; the caller sent them.
+_MAX_PARAM_STRING = 1024
+
+
+def parse_info(raw: Any) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, str):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            raise A1111Error("A1111's txt2img 'info' is not valid JSON") from None
+        if isinstance(value, dict):
+            return value
+    raise A1111Error("A1111's txt2img answer has no 'info' object")
+
+
+def shorten(value: Any) -> Any:
+    """A copy of ``value`` with every very long string replaced by a short note."""
+    if isinstance(value, str) and len(value) > _MAX_PARAM_STRING:
+        return f"<{len(value)} characters omitted>"
+    if isinstance(value, dict):
+        return {k: shorten(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [shorten(v) for v in value]
+    return value
+
+
+def _seeds(info: dict[str, Any]) -> list[int]:
+    seeds = info.get("all_seeds")
+    if isinstance(seeds, list):
+        return [int(s) for s in seeds if isinstance(s, int | float)]
+    seed = info.get("seed")
+    return [int(seed)] if isinstance(seed, int) else []
+
+
+def package(response: dict[str, Any], payload: dict[str, Any], resolved: Resolved, *,
+            return_control_maps: bool = False, timings: dict[str, float] | None = None,
+            warnings: list[str] | None = None) -> dict[str, Any]:
+    """The job output for one generation. PURE."""
+    info = parse_info(response.get("info"))
+    images = response.get("images") or []
+    seeds = _seeds(info)
+    first = info.get("index_of_first_image") if isinstance(info.get("index_of_first_image"), int) else 0
+    generated = len(seeds) if seeds else len(images) - first
+    out_images = images[first:] if return_control_maps else images[first:first + generated]
+    notes = list(resolved.warnings) + list(warnings or [])
+    ran = info.get("sd_model_name")
+    if ran and resolved.checkpoint_name and str(ran).lower() != resolved.checkpoint_name.lower():
+        notes.append(f"A1111 reports it ran checkpoint '{ran}', not the requested '{resolved.checkpoint}'")
+    ran_sampler = info.get("sampler_name")
+    if ran_sampler and ran_sampler != resolved.sampler:
+        notes.append(f"A1111 reports sampler '{ran_sampler}', not the requested '{resolved.sampler}'")
+    if len(images) - first < generated:
+        notes.append(f"A1111 returned {len(images) - first} images for {generated} seeds")
+    out: dict[str, Any] = {
+        "images": out_images,
+        "seeds": seeds,
+        "info": info,
+        "parameters": shorten(payload),
+        "models": {
+            "checkpoint": resolved.checkpoint,
+            "loras": [{"name": lora.name, "weight": lora.weight} for lora in resolved.loras],
+            "embeddings": list(resolved.embeddings),
+        },
+        "timings": dict(timings or {}),
+        "warnings": notes,
+    }
+    if resolved.placed:
+        out["models"]["placed"] = list(resolved.placed)
+    return out
+
+
+def combine(steps: list[tuple[str | None, dict[str, Any]]]) -> dict[str, Any]:
+    """One output for a preset's several steps: images, seeds and labels in step order."""
+    if len(steps) == 1 and steps[0][0] is None:
+        return steps[0][1]
+    out: dict[str, Any] = {"images": [], "labels": [], "seeds": [], "info": {}, "parameters": {},
+                           "models": {}, "timings": {}, "warnings": []}
+    for i, (label, result) in enumerate(steps):
+        key = label or f"step{i + 1}"
+        out["images"].extend(result["images"])
+        out["labels"].extend([key] * len(result["images"]))
+        out["seeds"].extend(result["seeds"])
+        out["info"][key] = result["info"]
+        out["parameters"][key] = result["parameters"]
+        out["models"] = result["models"]
+        for name, secs in result["timings"].items():
+            out["timings"][name] = round(out["timings"].get(name, 0.0) + secs, 3)
+        out["warnings"].extend(w for w in result["warnings"] if w not in out["warnings"])
+    return out

@@ -1,0 +1,226 @@
+"""RunPod serverless worker for A1111 / Forge: thin wiring of the job flow (design.md section 1).
+
+    raw job -> parse_job -> action:
+      txt2img: presets.expand -> per step: ensure_ready -> resolve names (+ extension names)
+               -> compile_txt2img -> client.txt2img (with progress) -> results.package
+               -> presets.finish -> delivery.deliver
+      health, list_models, prefetch
+    any exception -> schemas.errors.error_result
+
+Importing this module has no side effects: ``runpod.serverless.start`` runs only under
+``__main__``, so ``from handler import handler; handler({"id": "t", "input": {...}})`` works
+in tests and tools.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from a1111.client import A1111Client
+from a1111.extensions import check_extension_names
+from a1111.names import LiveLists, lora_family_from_metadata, resolve
+from a1111.payload import compile_txt2img, compile_warnings
+from a1111.progress import ProgressReporter
+from a1111.readiness import cold_start, ensure_ready
+from a1111.results import combine, package
+from schemas.errors import A1111Unavailable, WorkerError, error_result
+from schemas.job import Job, parse_job, ref_value
+from schemas.settings import Settings
+
+log = logging.getLogger("worker")
+
+_clients: dict[str, A1111Client] = {}
+_catalogs: dict[tuple[str, float], Any] = {}
+_shared_lock = threading.Lock()
+
+
+# --------------------------------------------------------------------------- shared state
+def get_client(settings: Settings) -> A1111Client:
+    """The worker's client for A1111 (one per URL, so connections are kept alive)."""
+    with _shared_lock:
+        client = _clients.get(settings.a1111_url)
+        if client is None:
+            client = _clients[settings.a1111_url] = A1111Client(settings.a1111_url)
+        return client
+
+
+def load_catalog(settings: Settings) -> Any:
+    """models.json as a cache.catalog.Catalog (re-read when the file changes); None if absent."""
+    path = Path(settings.catalog_path)
+    try:
+        mtime = path.stat().st_mtime
+    except OSError:
+        return None
+    key = (str(path), mtime)
+    with _shared_lock:
+        if key in _catalogs:
+            return _catalogs[key]
+    from cache.catalog import Catalog
+
+    catalog = Catalog.load(path)
+    with _shared_lock:
+        _catalogs.clear()
+        _catalogs[key] = catalog
+    return catalog
+
+
+def _model_cache(settings: Settings, catalog: Any) -> Any:
+    from cache import ModelCache
+
+    return ModelCache(settings, catalog)
+
+
+def _deliver(result: dict, job: Job, settings: Settings, job_id: str, s3_config: Any) -> dict:
+    try:
+        from a1111.delivery import deliver
+    except ModuleNotFoundError as exc:  # output delivery not installed: base64 as A1111 sent it
+        if exc.name != "a1111.delivery":
+            raise
+        return result
+    return deliver(result, job.output, settings, job_id, s3_config)
+
+
+# --------------------------------------------------------------------------- actions
+def run_txt2img(job: dict, parsed: Job, settings: Settings, started: float) -> dict:
+    import presets  # imported here: presets pull in Pillow drawing code
+
+    deadline = started + settings.job_timeout_s
+    catalog = load_catalog(settings)
+    steps = presets.expand(parsed, catalog, settings)
+    client = get_client(settings)
+    ensure_ready(client, settings)
+    outputs: list[tuple[str | None, dict]] = []
+    for step in steps:
+        t0 = time.monotonic()
+        cache = _model_cache(settings, catalog) if step.job.controlnet else None
+        ext_problems = check_extension_names(step.job, client, settings.backend, cache=cache)
+        resolved = resolve(step.job, client, settings, catalog, cache=cache, extra_problems=ext_problems)
+        payload = compile_txt2img(step.job, resolved, settings.backend)
+        t1 = time.monotonic()
+        log.info("job %s: txt2img%s %sx%s, %s steps, checkpoint %s, %d LoRA(s)", job.get("id"),
+                 f" [{step.label}]" if step.label else "", payload["width"], payload["height"],
+                 payload["steps"], resolved.checkpoint, len(resolved.loras))
+        with ProgressReporter(client, job, label=step.label):
+            response = client.txt2img(payload, deadline=deadline)
+        t2 = time.monotonic()
+        outputs.append((step.label, package(
+            response, payload, resolved,
+            return_control_maps=step.job.return_control_maps,
+            timings={"resolve_s": round(t1 - t0, 3), "generate_s": round(t2 - t1, 3)},
+            warnings=compile_warnings(step.job, resolved, settings.backend),
+        )))
+    result = combine(outputs)
+    extras = presets.finish(parsed, [out for _, out in outputs])
+    if extras:
+        result.setdefault("labels", [label or "image" for label, out in outputs for _ in out["images"]])
+        for label, image in extras:
+            result["images"].append(image)
+            result["labels"].append(label)
+    result["timings"]["total_s"] = round(time.monotonic() - started, 3)
+    return _deliver(result, parsed, settings, str(job.get("id")), job.get("s3Config"))
+
+
+def run_health(settings: Settings) -> dict:
+    client = get_client(settings)
+    t0 = time.monotonic()
+    client.get("/sdapi/v1/sd-models")
+    ping_ms = round((time.monotonic() - t0) * 1000, 1)
+    options = client.get("/sdapi/v1/options")
+    try:
+        memory = client.get("/sdapi/v1/memory")
+    except WorkerError as exc:
+        memory = {"error": exc.message}
+    return {
+        "status": "ok",
+        "backend": settings.backend,
+        "ping_ms": ping_ms,
+        "checkpoint": options.get("sd_model_checkpoint") if isinstance(options, dict) else None,
+        "memory": memory,
+        "cold_start": cold_start(settings),
+    }
+
+
+def run_list_models(settings: Settings) -> dict:
+    client = get_client(settings)
+    lists = LiveLists.for_client(client)
+    catalog = load_catalog(settings)
+    embeddings = lists.embeddings(fresh=True)
+    out: dict[str, Any] = {
+        "checkpoints": [{"title": e.get("title"), "model_name": e.get("model_name")}
+                        for e in lists.checkpoints(fresh=True)],
+        "loras": [{"name": e.get("name"), "alias": e.get("alias"),
+                   "family": lora_family_from_metadata(e.get("metadata"))} for e in lists.loras(fresh=True)],
+        "embeddings": [{"name": n, "shape": e.get("shape"), "usable_now": not e.get("skipped")}
+                       for n, e in embeddings.items()],
+        "samplers": [s.get("name") for s in lists.samplers(fresh=True)],
+        "schedulers": [s.get("label") or s.get("name") for s in lists.schedulers(fresh=True)],
+        "catalog": [],
+    }
+    if catalog is not None:
+        out["catalog"] = [{"id": e.id, "kind": e.kind, "file": e.file, "family": e.family,
+                           "recommended_weight": e.recommended_weight, "default": e.default,
+                           "description": e.description} for e in catalog.entries()]
+    return out
+
+
+def run_prefetch(parsed: Job, settings: Settings) -> dict:
+    catalog = load_catalog(settings)
+    refs: dict[str, list] = {}
+    if parsed.checkpoints:
+        refs["checkpoint"] = [ref_value(r) for r in parsed.checkpoints]
+    if parsed.loras:
+        refs["lora"] = [ref_value(spec.ref()) for spec in parsed.loras]
+    if parsed.embeddings:
+        refs["embedding"] = [ref_value(r) for r in parsed.embeddings]
+    placed = _model_cache(settings, catalog).prefetch(refs, catalog_defaults=parsed.catalog)
+    return {"prefetched": placed}
+
+
+# --------------------------------------------------------------------------- entry points
+def run_job(job: dict) -> dict:
+    """Run one RunPod job; always returns a result dict (errors included)."""
+    started = time.monotonic()
+    job = job if isinstance(job, dict) else {}
+    job_id = job.get("id")
+    try:
+        settings = Settings.from_env()
+        parsed = parse_job(job.get("input"))
+        log.info("job %s: action %s", job_id, parsed.action)
+        if parsed.action == "health":
+            return run_health(settings)
+        if parsed.action == "list_models":
+            return run_list_models(settings)
+        if parsed.action == "prefetch":
+            return run_prefetch(parsed, settings)
+        return run_txt2img(job, parsed, settings, started)
+    except A1111Unavailable as exc:
+        log.error("job %s: A1111 unavailable: %s", job_id, exc.message)
+        return error_result(exc)
+    except WorkerError as exc:
+        log.info("job %s failed: %s: %s", job_id, exc.error_type, exc.message[:300])
+        return error_result(exc)
+    except Exception as exc:  # noqa: BLE001 - error_result logs it and answers one sentence
+        return error_result(exc)
+    finally:
+        log.info("job %s done in %.2f s", job_id, time.monotonic() - started)
+
+
+def handler(job: dict) -> dict:
+    """RunPod handler (synchronous)."""
+    return run_job(job)
+
+
+if __name__ == "__main__":
+    # The SDK's default DEBUG level logs every job's whole input and output (base64 images,
+    # tokens); it reads the level when runpod is imported.
+    if not (os.environ.get("RUNPOD_LOG_LEVEL") or os.environ.get("RUNPOD_DEBUG_LEVEL")):
+        os.environ["RUNPOD_LOG_LEVEL"] = "INFO"
+    import runpod
+
+    logging.getLogger().setLevel(logging.INFO)
+    runpod.serverless.start({"handler": handler})
