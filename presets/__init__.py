@@ -11,7 +11,7 @@ from typing import Any
 
 from presets import catalog as catalog_presets
 from presets import flux, rubber_tile
-from presets._jobs import caller_set, rebuild
+from presets._jobs import caller_set
 from schemas.errors import ValidationFailed
 from schemas.presets import BUILTIN_PRESETS, preset_problems
 
@@ -22,18 +22,6 @@ __all__ = ["Step", "expand", "finish"]
 class Step:
     label: str | None
     job: Any  # schemas.job.Job
-
-
-def _with_lora_urls(job: Any) -> Any:
-    """``lora_urls`` (+ ``lora_scales``) become URL LoRA references: the cache downloads
-    each once and stores it under a name derived from the URL's hash."""
-    urls = list(getattr(job, "lora_urls", None) or [])
-    if not urls:
-        return job
-    scales = list(getattr(job, "lora_scales", None) or [1.0] * len(urls))
-    own = [x.model_dump(exclude_unset=True, by_alias=False) for x in (getattr(job, "loras", None) or [])]
-    added = [{"url": u, "weight": float(s)} for u, s in zip(urls, scales, strict=True)]
-    return rebuild(job, {"loras": own + added, "lora_urls": [], "lora_scales": None})
 
 
 def known_presets(catalog: Any) -> list[str]:
@@ -47,7 +35,6 @@ def expand(job: Any, catalog: Any, settings: Any) -> list[Step]:
         raise ValidationFailed(problems[0]["message"] if len(problems) == 1
                                else f"{len(problems)} problems with the preset fields: "
                                + "; ".join(p["message"] for p in problems), details=problems)
-    job = _with_lora_urls(job)
     name = getattr(job, "preset", None)
     if name is None:
         return [Step(None, job)]
