@@ -14,6 +14,7 @@ in tests and tools.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -26,7 +27,7 @@ from a1111.extensions import check_extension_names
 from a1111.names import LiveLists, lora_family_from_metadata, resolve
 from a1111.payload import compile_txt2img, compile_warnings
 from a1111.progress import ProgressReporter
-from a1111.readiness import cold_start, ensure_ready
+from a1111.readiness import cold_start, ensure_ready, prewarm_in_background, recheck_unavailable
 from a1111.results import combine, package
 from schemas.errors import A1111Unavailable, WorkerError, error_result
 from schemas.job import Job, parse_job, ref_value
@@ -199,6 +200,7 @@ def run_job(job: dict) -> dict:
             return run_prefetch(parsed, settings)
         return run_txt2img(job, parsed, settings, started)
     except A1111Unavailable as exc:
+        exc = recheck_unavailable(exc)  # a dead A1111 process: log tail + refresh_worker
         log.error("job %s: A1111 unavailable: %s", job_id, exc.message)
         return error_result(exc)
     except WorkerError as exc:
@@ -215,6 +217,33 @@ def handler(job: dict) -> dict:
     return run_job(job)
 
 
+# One job at a time (design.md section 6). After a cancel, the cancelled job's thread is
+# still finishing (A1111 stops at its next sampling step); the next job waits for it here.
+_job_lock = threading.Lock()
+
+
+def _run_serialized(job: dict) -> dict:
+    with _job_lock:
+        return run_job(job)
+
+
+async def async_handler(job: dict) -> dict:
+    """RunPod entry point. The SDK runs a sync handler on its event loop, where a cancel can
+    only land after the job has ended (runpod-worker.md section 2); in a thread, the cancel
+    arrives at once as CancelledError: interrupt A1111, then re-raise so RunPod records the
+    job as cancelled. The client's interrupt also makes the job's own txt2img call fail
+    instead of passing off A1111's partial image as a result."""
+    try:
+        return await asyncio.to_thread(_run_serialized, job)
+    except asyncio.CancelledError:
+        log.warning("job %s cancelled: interrupting A1111", job.get("id") if isinstance(job, dict) else None)
+        try:
+            get_client(Settings.from_env()).interrupt()
+        except Exception:  # noqa: BLE001 - nothing may mask the cancellation
+            log.exception("interrupting A1111 after a cancel failed")
+        raise
+
+
 if __name__ == "__main__":
     # The SDK's default DEBUG level logs every job's whole input and output (base64 images,
     # tokens); it reads the level when runpod is imported.
@@ -223,4 +252,10 @@ if __name__ == "__main__":
     import runpod
 
     logging.getLogger().setLevel(logging.INFO)
-    runpod.serverless.start({"handler": handler})
+    try:
+        _settings = Settings.from_env()
+    except ValueError as exc:  # every job reports it too, as a clear error
+        log.error("configuration: %s", exc)
+    else:
+        prewarm_in_background(get_client(_settings), _settings)  # overlap the warm-up with the wait for jobs
+    runpod.serverless.start({"handler": async_handler})

@@ -289,3 +289,29 @@ def _body(resp: requests.Response) -> dict:
 def _short(exc: BaseException) -> str:
     text = f"{type(exc).__name__}: {exc}"
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+def recheck_unavailable(exc: A1111Unavailable, supervisor: Supervisor | None = None) -> A1111Unavailable:
+    """A1111 stopped answering mid-job: if its process is gone, say so (log tail, recycle the
+    worker); if it is alive, keep the error as it is (a slow or busy A1111 is not broken)."""
+    if exc.refresh_worker:
+        return exc
+    sup = supervisor if supervisor is not None else Supervisor.from_env()
+    if sup.alive() is False:
+        return _died(sup, "A1111 is no longer running")
+    return exc
+
+
+def prewarm_in_background(client: Any, settings: Settings) -> threading.Thread:
+    """Start the readiness sequence at worker start, so the first job does not pay the warm-up.
+    Failures are only logged here: the first job repeats the check and reports them."""
+
+    def run() -> None:
+        try:
+            ensure_ready(client, settings)
+        except Exception as exc:  # noqa: BLE001 - reported by the first job instead
+            log.warning("A1111 not ready at worker start: %s", getattr(exc, "message", exc))
+
+    thread = threading.Thread(target=run, name="a1111-prewarm", daemon=True)
+    thread.start()
+    return thread
