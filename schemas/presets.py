@@ -7,7 +7,7 @@ other problem and ``presets.expand`` can re-check before building steps.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
@@ -42,7 +42,7 @@ class RubberTileColor(BaseModel):
 
 # Field types for the job model.
 RubberTileColors = list[RubberTileColor]
-Angle = StrictInt
+Angle = Annotated[StrictInt, Field(ge=0, le=180, description="degrees, 0..180")]
 
 
 def _problem(field: str, message: str) -> dict[str, str]:
