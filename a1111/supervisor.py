@@ -1,39 +1,38 @@
 """What the handler knows about the A1111 process that start.sh launched.
 
 start.sh starts A1111 in the background, writes its pid to ``A1111_PID_FILE`` and sends
-its output to ``A1111_LOG_FILE``. The handler is not necessarily A1111's parent, so the
-process is watched through the pid file and /proc rather than through a Popen handle.
-Without a pid file (A1111 started some other way, e.g. by hand or by a test) the state is
-"unknown" and readiness relies on HTTP alone.
+its output to ``A1111_LOG_FILE`` (it exports both; by default under /tmp/a1111-worker).
+The handler is not necessarily A1111's parent, so the process is watched through the pid
+file and /proc rather than through a Popen handle. Without those variables (A1111 started
+some other way, e.g. by hand or by a test) the state is "unknown" and readiness relies on
+HTTP alone.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-# start.sh exports the exact paths; this default only matches start.sh's own default.
-DEFAULT_STATE_DIR = Path(tempfile.gettempdir()) / "a1111-worker"
 LOG_TAIL_LINES = 40
 _MAX_LINE_CHARS = 400
 
 
 @dataclass(frozen=True)
 class Supervisor:
-    pid_file: Path
-    log_file: Path
+    pid_file: Path | None
+    log_file: Path | None
 
     @classmethod
     def from_env(cls) -> Supervisor:
-        state = Path(os.environ.get("A1111_STATE_DIR") or DEFAULT_STATE_DIR)
-        return cls(
-            pid_file=Path(os.environ.get("A1111_PID_FILE") or state / "a1111.pid"),
-            log_file=Path(os.environ.get("A1111_LOG_FILE") or state / "a1111.log"),
-        )
+        """The files start.sh exported; without them nothing is supervised (tests, tools,
+        an A1111 started by hand), rather than guessing at a default path that may hold a
+        stale pid from another run."""
+        pid = os.environ.get("A1111_PID_FILE", "").strip()
+        log = os.environ.get("A1111_LOG_FILE", "").strip()
+        return cls(pid_file=Path(pid) if pid else None, log_file=Path(log) if log else None)
 
     @property
     def managed(self) -> bool:
@@ -41,6 +40,8 @@ class Supervisor:
         return self.pid() is not None
 
     def pid(self) -> int | None:
+        if self.pid_file is None:
+            return None
         try:
             text = self.pid_file.read_text().strip()
         except OSError:
@@ -49,6 +50,8 @@ class Supervisor:
 
     def started_at(self) -> float | None:
         """Wall-clock time A1111 was launched (the pid file is written right after)."""
+        if self.pid_file is None:
+            return None
         try:
             return self.pid_file.stat().st_mtime
         except OSError:
@@ -63,6 +66,8 @@ class Supervisor:
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
         """The last lines of A1111's log, for the job result when A1111 died."""
+        if self.log_file is None:
+            return []
         try:
             with self.log_file.open("r", encoding="utf-8", errors="replace") as fh:
                 tail = deque(fh, maxlen=lines)
