@@ -11,7 +11,6 @@ HTTP alone.
 from __future__ import annotations
 
 import os
-import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,13 +104,3 @@ def _proc_state(pid: int) -> str | None:
     after = stat.rsplit(")", 1)[-1].split()
     return after[0] if after else None
 
-
-def wait_for_pid_file(supervisor: Supervisor, timeout: float) -> int | None:
-    """Small helper for tools and tests: wait until start.sh has written the pid file."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        pid = supervisor.pid()
-        if pid is not None:
-            return pid
-        time.sleep(0.01)
-    return None
