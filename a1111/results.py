@@ -15,8 +15,11 @@ from typing import Any
 from a1111.names import Resolved
 from schemas.errors import A1111Error
 
-# Strings longer than this in ``parameters`` are base64 images; the caller sent them.
-_MAX_PARAM_STRING = 1024
+# Keys whose string values are images (ControlNet units, masks); the caller sent them, so
+# they are not echoed back. Any other string this long is shortened too.
+_IMAGE_KEYS = {"image", "mask", "image_b64", "input_image", "mask_image", "init_images", "firstpass_image"}
+_MAX_IMAGE_STRING = 128
+_MAX_PARAM_STRING = 20_000
 
 
 def parse_info(raw: Any) -> dict[str, Any]:
@@ -32,14 +35,14 @@ def parse_info(raw: Any) -> dict[str, Any]:
     raise A1111Error("A1111's txt2img answer has no 'info' object")
 
 
-def shorten(value: Any) -> Any:
-    """A copy of ``value`` with every very long string replaced by a short note."""
-    if isinstance(value, str) and len(value) > _MAX_PARAM_STRING:
+def shorten(value: Any, *, image: bool = False) -> Any:
+    """A copy of ``value`` with base64 images (and any huge string) replaced by a short note."""
+    if isinstance(value, str) and len(value) > (_MAX_IMAGE_STRING if image else _MAX_PARAM_STRING):
         return f"<{len(value)} characters omitted>"
     if isinstance(value, dict):
-        return {k: shorten(v) for k, v in value.items()}
+        return {k: shorten(v, image=image or k in _IMAGE_KEYS) for k, v in value.items()}
     if isinstance(value, list):
-        return [shorten(v) for v in value]
+        return [shorten(v, image=image) for v in value]
     return value
 
 

@@ -1,0 +1,60 @@
+"""Contract check: a txt2img body against the request schema in the recorded /openapi.json.
+
+A1111 (OpenAPI 3.0.2, pydantic v1) and Forge (OpenAPI 3.1.0, pydantic v2) both publish
+``StableDiffusionProcessingTxt2Img``. Neither forbids unknown keys, and both drop them
+silently, so besides the JSON-schema validation every top-level key must be a property
+of the schema: a key A1111 does not know is a setting that silently did nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from jsonschema import Draft4Validator, Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT4, DRAFT202012
+
+from tests.replay import recordings
+
+TXT2IMG_PATH = "/sdapi/v1/txt2img"
+
+
+@functools.cache
+def openapi(backend: str) -> dict[str, Any]:
+    """The recorded /openapi.json of ``a1111`` or ``forge``."""
+    folder = "forge" if backend == "forge" else "a1111"
+    return recordings(folder)["get_openapi_json"]["response"]["json"]
+
+
+@functools.cache
+def _validator(backend: str) -> tuple[Any, frozenset[str]]:
+    doc = openapi(backend)
+    body = doc["paths"][TXT2IMG_PATH]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    ref = body["$ref"]
+    # OpenAPI 3.1 schemas are JSON Schema 2020-12; 3.0 schemas are (close to) draft 4.
+    modern = str(doc.get("openapi", "")).startswith("3.1")
+    spec, cls = (DRAFT202012, Draft202012Validator) if modern else (DRAFT4, Draft4Validator)
+    uri = f"urn:openapi:{backend}"
+    registry = Registry().with_resource(uri, Resource(contents=doc, specification=spec))
+    validator = cls({"$ref": f"{uri}{ref}"}, registry=registry)
+    target = doc
+    for part in ref.lstrip("#/").split("/"):
+        target = target[part]
+    return validator, frozenset(target.get("properties", {}))
+
+
+def txt2img_problems(body: Any, backend: str = "a1111") -> list[str]:
+    """Every way ``body`` breaks the recorded txt2img request schema ([] when it conforms)."""
+    validator, properties = _validator(backend)
+    problems = [f"{'/'.join(map(str, e.absolute_path)) or '<body>'}: {e.message}"
+                for e in sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))]
+    if isinstance(body, dict):
+        problems += [f"{key}: not a field of the {backend} txt2img schema (it would be dropped silently)"
+                     for key in body if key not in properties]
+    return problems
+
+
+def assert_txt2img_conforms(body: Any, backend: str = "a1111") -> None:
+    problems = txt2img_problems(body, backend)
+    assert not problems, f"txt2img body breaks the recorded {backend} OpenAPI schema: {problems}"
