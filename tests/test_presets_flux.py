@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from handler import handler
+from handler import handler, load_catalog
 from presets import flux
+from presets._jobs import module_file_name, preset_config
 from schemas.job import parse_job
 from schemas.settings import Settings
 from tests.contract import assert_txt2img_conforms
@@ -66,8 +67,9 @@ def test_default_modules_must_be_listed_by_forge(forge_env):
     out = run()
     assert "error" in out
     text = out["error"] + str(out.get("details"))
-    for name in flux.DEFAULTS["modules"]:
-        assert name in text
+    catalog = load_catalog(Settings.from_env())
+    for ref in preset_config(catalog, "flux", flux.DEFAULTS)["modules"]:
+        assert module_file_name(catalog, ref) in text
     assert "sd-modules" in text and "restart" in text
     assert bodies(forge_env) == []
 
