@@ -172,3 +172,14 @@ def test_angle_45_with_a_missing_controlnet_model_fails_before_generation(sdxl_e
     out = run(colors=RED_BLUE, angle=45)
     assert "error" in out and "controlnet" in out["error"].lower()
     assert bodies(sdxl_env) == []
+
+
+def test_preview_prompt_matches_the_recorded_canonical_request(sdxl_env):
+    # txt2img_sdxl_rubber_tile_preview was recorded with the design's prompt, negative prompt
+    # and LoRA tag; the preset must produce exactly those strings.
+    recorded = sdxl_env.recording("txt2img_sdxl_rubber_tile_preview")["request"]["json"]
+    out = run(colors=RED_BLUE, seed=42)
+    assert "error" not in out, out
+    preview = bodies(sdxl_env)[0]
+    for key in ("prompt", "negative_prompt", "sampler_name", "scheduler", "cfg_scale", "seed"):
+        assert preview[key] == recorded[key], key
