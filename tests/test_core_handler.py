@@ -158,7 +158,8 @@ def test_lora_without_weight_gets_one(worker):
 
 
 @pytest.mark.parametrize("inp, error_type, field, words", [
-    ({"loras": [{"name": "detail_tweeker", "weight": 0.8}]}, "model_not_found", "loras[0]", "did you mean 'detail_tweaker'"),
+    ({"loras": [{"name": "detail_tweeker", "weight": 0.8}]}, "model_not_found", "loras[0]",
+     "did you mean 'detail_tweaker'"),
     ({"sampler_name": "Eular a"}, "validation", "sampler_name", "did you mean 'Euler a'"),
     ({"scheduler": "Karas"}, "validation", "scheduler", "did you mean 'Karras'"),
     ({"checkpoint": "model_c"}, "model_not_found", "checkpoint", "unknown checkpoint 'model_c'"),
