@@ -16,6 +16,7 @@
 #   MODELS_DIR        model root (default: /runpod-volume/models, else $WORKER_DIR/models)
 #   A1111_STATE_DIR   where the pid and log files go (default: /tmp/a1111-worker)
 #   A1111_LOG_ECHO    1 (default) also copies A1111's output to this script's stderr
+#   A1111_HF_HOME     A1111's Hugging Face cache (default: $MODELS_DIR/.cache/huggingface)
 set -euo pipefail
 
 WORKER_DIR="${WORKER_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}"
@@ -108,14 +109,20 @@ if [[ -n "${A1111_ARGS_EXTRA:-}" ]]; then
     a1111_args+=("${extra_args[@]}")
 fi
 
+# A1111 and its extensions fetch small files from Hugging Face at start-up (CLIP tokenizer
+# configs, ADetailer's YOLO detectors). Their cache goes on the volume, so only the first
+# worker downloads them and a worker without internet still finds them.
+A1111_HF_HOME="${A1111_HF_HOME:-$MODELS_DIR/.cache/huggingface}"
+mkdir -p "$A1111_HF_HOME" 2>/dev/null || log "WARNING: cannot create $A1111_HF_HOME"
+
 log "starting A1111: ${a1111_cmd[*]} ${a1111_args[*]}"
 log "A1111 log: $A1111_LOG_FILE"
 : >"$A1111_LOG_FILE"
 if [[ "$A1111_LOG_ECHO" == "1" ]]; then
-    (cd "$a1111_cwd" && exec "${a1111_cmd[@]}" "${a1111_args[@]}") \
+    (cd "$a1111_cwd" && HF_HOME="$A1111_HF_HOME" exec "${a1111_cmd[@]}" "${a1111_args[@]}") \
         > >(tee -a "$A1111_LOG_FILE" >&2) 2>&1 &
 else
-    (cd "$a1111_cwd" && exec "${a1111_cmd[@]}" "${a1111_args[@]}") >>"$A1111_LOG_FILE" 2>&1 &
+    (cd "$a1111_cwd" && HF_HOME="$A1111_HF_HOME" exec "${a1111_cmd[@]}" "${a1111_args[@]}") >>"$A1111_LOG_FILE" 2>&1 &
 fi
 a1111_pid=$!
 # Written atomically: the supervisor must never read a half-written pid.

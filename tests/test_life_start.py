@@ -100,8 +100,14 @@ JOB = {"id": "job-1", "input": json.loads((ROOT / "test_input.json").read_text()
 
 
 def test_serves_a_job_once_the_standin_is_ready_and_passes_loopback_flags(tmp_path):
-    # The stand-in takes 1.5 s to start listening, like A1111 importing torch.
+    # The stand-in takes 1.5 s to start listening, like A1111 importing torch. A wrapper
+    # records the environment A1111 gets, then becomes the replay server.
+    wrapper = tmp_path / "a1111-standin.sh"
+    wrapper.write_text(f'#!/bin/sh\necho "$HF_HOME" > {tmp_path / "hf_home.txt"}\n'
+                       f'exec {PY} -m tests.replay "$@"\n')
+    wrapper.chmod(0o755)
     env = _env(tmp_path, standin="--listen-after 1.5")
+    env["A1111_CMD"] = f"{wrapper} --argv-file {tmp_path / 'argv.txt'} --listen-after 1.5"
     t0 = time.monotonic()
     proc = subprocess.run(["bash", str(START), "--test_input", json.dumps(JOB)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=60)
@@ -125,6 +131,9 @@ def test_serves_a_job_once_the_standin_is_ready_and_passes_loopback_flags(tmp_pa
     assert argv[argv.index("--esrgan-models-path") + 1] == str(models / "upscalers")
     for kind in ("checkpoints", "loras", "embeddings", "controlnet", "adetailer", "upscalers"):
         assert (models / kind).is_dir()
+    # A1111's Hugging Face cache (tokenizer configs, ADetailer detectors) is on the volume
+    assert (models / ".cache" / "huggingface").is_dir()
+    assert (tmp_path / "hf_home.txt").read_text().strip() == str(models / ".cache" / "huggingface")
     # the stand-in is stopped when the handler exits
     assert _gone(_standin_pid(env))
 
