@@ -55,7 +55,8 @@ def _not_sent(exc: BaseException) -> bool:
 
 
 def _text(body: Any) -> str:
-    return body if isinstance(body, str) else str(body)
+    # One line: server tracebacks and pydantic dumps carry newlines and indentation.
+    return " ".join((body if isinstance(body, str) else str(body)).split())
 
 
 def _validation_items(detail: list[Any]) -> list[dict[str, str]]:
