@@ -15,6 +15,7 @@ in tests and tools.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import threading
@@ -29,7 +30,7 @@ from a1111.payload import compile_txt2img, compile_warnings
 from a1111.progress import ProgressReporter
 from a1111.readiness import cold_start, ensure_ready, prewarm_in_background, recheck_unavailable
 from a1111.results import combine, package
-from schemas.errors import A1111Unavailable, WorkerError, error_result
+from schemas.errors import A1111Unavailable, JobTimeout, WorkerError, error_result
 from schemas.job import Job, parse_job, ref_value
 from schemas.settings import Settings
 
@@ -106,6 +107,7 @@ def run_txt2img(job: dict, parsed: Job, settings: Settings, started: float) -> d
         log.info("job %s: txt2img%s %sx%s, %s steps, checkpoint %s, %d LoRA(s)", job.get("id"),
                  f" [{step.label}]" if step.label else "", payload["width"], payload["height"],
                  payload["steps"], resolved.checkpoint, len(resolved.loras))
+        _raise_if_cancelled()  # cancelled while models were resolved or downloaded: do not generate
         with ProgressReporter(client, job, label=step.label):
             response = client.txt2img(payload, deadline=deadline)
         t2 = time.monotonic()
@@ -220,6 +222,14 @@ def handler(job: dict) -> dict:
 # One job at a time (design.md section 6). After a cancel, the cancelled job's thread is
 # still finishing (A1111 stops at its next sampling step); the next job waits for it here.
 _job_lock = threading.Lock()
+# Set when RunPod cancels the job; asyncio.to_thread copies the context into the job's thread.
+_cancelled: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("cancelled", default=None)
+
+
+def _raise_if_cancelled() -> None:
+    event = _cancelled.get()
+    if event is not None and event.is_set():
+        raise JobTimeout("the job was cancelled before its generation started")
 
 
 def _run_serialized(job: dict) -> dict:
@@ -233,10 +243,13 @@ async def async_handler(job: dict) -> dict:
     arrives at once as CancelledError: interrupt A1111, then re-raise so RunPod records the
     job as cancelled. The client's interrupt also makes the job's own txt2img call fail
     instead of passing off A1111's partial image as a result."""
+    cancelled = threading.Event()
+    _cancelled.set(cancelled)
     try:
         return await asyncio.to_thread(_run_serialized, job)
     except asyncio.CancelledError:
         log.warning("job %s cancelled: interrupting A1111", job.get("id") if isinstance(job, dict) else None)
+        cancelled.set()
         try:
             get_client(Settings.from_env()).interrupt()
         except Exception:  # noqa: BLE001 - nothing may mask the cancellation

@@ -110,3 +110,23 @@ def test_async_handler_returns_errors_like_the_sync_one(worker_env):
     result = asyncio.run(handler.async_handler({"id": "bad", "input": {"prompt": "x", "steps": 500}}))
     assert result["error_type"] == "validation"
     assert "refresh_worker" not in result  # bad input never recycles the worker
+
+
+@pytest.mark.slow
+def test_cancel_before_generation_means_no_generation(worker_env):
+    replay = worker_env
+    # Name resolution is slow this once (a stalled list route), so the cancel lands before txt2img.
+    replay.fault("GET", "/sdapi/v1/samplers", "stall", seconds=1.5, times=1)
+
+    async def scenario() -> None:
+        task = asyncio.create_task(handler.async_handler(_job("cancel-early")))
+        await asyncio.to_thread(_wait_for, lambda: any(r.path == "/sdapi/v1/samplers" for r in replay.requests))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    result = asyncio.run(handler.async_handler(_job("after")))  # waits for the cancelled job's thread
+    assert "error" not in result, result
+    prompts = [b["prompt"] for b in replay.sent("POST", TXT2IMG)]
+    assert prompts.count(JOB_INPUT["prompt"]) == 1  # only job "after" generated
