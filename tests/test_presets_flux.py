@@ -8,9 +8,16 @@ against /sdapi/v1/sd-modules, hires fix with Forge's extra fields, and the clear
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
+import trustme
+from safetensors.numpy import save
 
 from handler import handler, load_catalog
 from presets import flux
@@ -111,3 +118,63 @@ def test_flux_on_plain_a1111_is_a_clear_error(worker_env):
     assert out["error_type"] == "validation"
     assert "Forge" in out["error"] and "WEBUI_BACKEND=forge" in out["error"]
     assert worker_env.sent("POST", "/sdapi/v1/txt2img") == []
+
+
+# --------------------------------------------------------------------------- lora_urls
+class _LoraFiles(BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+    gets: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = self.files.get(self.path.split("?")[0])
+        if body is None:
+            self.send_error(404)
+            return
+        self.gets.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def https_files(tmp_path, monkeypatch):
+    """A local HTTPS file server (lora_urls must be https), trusted through REQUESTS_CA_BUNDLE."""
+    ca = trustme.CA()
+    ca_pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_pem))
+    handler_cls = type("Files", (_LoraFiles,), {"files": {}, "gets": []})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield httpd, handler_cls
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _lora_bytes() -> bytes:
+    # A real (tiny) kohya-style LoRA file, SD1.5 like the recorded server's checkpoint.
+    tensors = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": np.zeros((4, 320), np.float16),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": np.zeros((320, 4), np.float16)}
+    return save(tensors, metadata={"ss_base_model_version": "sd_v1", "ss_network_dim": "4"})
+
+
+def test_lora_urls_downloaded_once_and_tagged(forge_env, https_files, models_dir):
+    httpd, files = https_files
+    files.files["/loras/flux_detail.safetensors"] = _lora_bytes()
+    url = f"https://127.0.0.1:{httpd.server_address[1]}/loras/flux_detail.safetensors"
+    stem = f"flux_detail_{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+    for _ in range(2):
+        out = run(modules=[LISTED_MODULE], lora_urls=[url], lora_scales=[0.8])
+        assert "error" not in out, out
+    first, second = bodies(forge_env)
+    assert f"<lora:{stem}:0.8>" in first["prompt"] and f"<lora:{stem}:0.8>" in second["prompt"]
+    assert (models_dir / "loras" / f"{stem}.safetensors").read_bytes() == files.files["/loras/flux_detail.safetensors"]
+    assert files.gets == ["/loras/flux_detail.safetensors"]  # downloaded once, reused the second time
