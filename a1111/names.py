@@ -170,6 +170,9 @@ class LiveLists:
         self._data: dict[str, Any] = {}
         self._lock = threading.Lock()
         self.families: dict[str, str | None] = {}  # checkpoint title -> family
+        # The checkpoint the last job stated (override_settings_restore_afterwards is false,
+        # so it stays loaded): a job naming none keeps it without asking A1111 each time.
+        self.loaded: str | None = None
 
     @classmethod
     def for_client(cls, client: Any) -> LiveLists:
@@ -430,12 +433,13 @@ class _Resolver:
                 local = None
             if local is not None and self.after_placing("checkpoint", local.name, "checkpoint"):
                 return self._listed_checkpoint(local.name)
-        loaded = None
-        try:
-            options = self.client.get("/sdapi/v1/options")
-            loaded = options.get("sd_model_checkpoint") if isinstance(options, dict) else None
-        except A1111Error:
-            loaded = None
+        loaded = self.lists.loaded
+        if loaded is None:
+            try:
+                options = self.client.get("/sdapi/v1/options")
+                loaded = options.get("sd_model_checkpoint") if isinstance(options, dict) else None
+            except A1111Error:
+                loaded = None
         listed = self.lists.checkpoints()
         found = find_checkpoint(str(loaded), listed) if loaded else None
         if found is None and listed:
@@ -568,17 +572,20 @@ class _Resolver:
                                                                "the a1111 fields cannot be checked"})
             return
         props = schema.get("properties") or {}
-        from jsonschema import Draft202012Validator  # only needed for the escape hatch
+        from jsonschema import Draft4Validator, Draft202012Validator  # only needed for the escape hatch
         from referencing import Registry, Resource
 
         registry = Registry().with_resource("", Resource.opaque(schema_doc))
+        # OpenAPI 3.0 (A1111) schemas follow draft 4, where 0.0 is not an "integer"; 3.1 (Forge) is 2020-12.
+        modern = str(schema_doc.get("openapi", "")).startswith("3.1")
+        validator_cls = Draft202012Validator if modern else Draft4Validator
         for key, value in extra.items():
             fld = f"a1111.{key}"
             if key not in props:
                 self.problems.append({"field": fld, "message": f"'{key}' is not an A1111 txt2img field; "
                                                                f"{_did_you_mean(key, sorted(props))}"})
                 continue
-            validator = Draft202012Validator(props[key], registry=registry)
+            validator = validator_cls(props[key], registry=registry)
             errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
             if errors:
                 self.problems.append({"field": fld, "message": f"a1111.{key}: {errors[0].message[:200]}"})
@@ -634,6 +641,7 @@ def resolve(job: Job, client: Any, settings: Any, catalog: Any = None, *, cache:
     all_problems = r.problems + list(extra_problems or [])
     if all_problems:
         raise problems_error(all_problems)
+    lists.loaded = title
     return Resolved(checkpoint=title, checkpoint_name=stem, family=family, sampler=sampler, scheduler=scheduler,
                     loras=loras, embeddings=embeddings, warnings=r.warnings, placed=r.placed)
 
