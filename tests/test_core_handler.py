@@ -314,3 +314,76 @@ def test_sd15_embedding_on_sdxl_is_refused(sdxl_worker, models_dir):
     out = run({"prompt": "rubber_tile", "checkpoint": "sd_xl_base_1.0", "embeddings": ["rubber_tile"]})
     assert out["error_type"] == "validation" and "SD1.5" in out["error"]
     assert sdxl_worker.sent("POST", TXT2IMG) == []
+
+
+# --------------------------------------------------------------------------- the catalog
+def write_catalog(path: Path, models: list[dict]) -> Path:
+    path.write_text(json.dumps({"version": 1, "models": models, "presets": {}}))
+    return path
+
+
+CATALOG = [
+    {"id": "cat_model_b", "kind": "checkpoint", "file": "model_b.safetensors", "family": "sd15", "source": None,
+     "default": True, "description": "recorded SD1.5 test model"},
+    {"id": "tweaker", "kind": "lora", "file": "detail_tweaker.safetensors", "family": "sd15", "source": None,
+     "recommended_weight": 0.6, "description": "recorded SD1.5 test LoRA"},
+    {"id": "xl_base", "kind": "checkpoint", "file": "sd_xl_base_1.0.safetensors", "family": "sdxl", "source": None,
+     "description": "SDXL base"},
+]
+
+
+@pytest.fixture(params=["a1111", "forge"])
+def catalog_worker(request, monkeypatch, tmp_path, models_dir) -> Iterator[ReplayServer]:
+    pytest.importorskip("cache.catalog")
+    catalog = write_catalog(tmp_path / "models.json", CATALOG)
+    srv = start_worker(request.param, monkeypatch, tmp_path, models_dir, catalog=catalog)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+    for body in srv.sent("POST", TXT2IMG):
+        assert_txt2img_conforms(body, "forge" if request.param == "forge" else "a1111")
+
+
+def test_catalog_ids_and_recommended_weight(catalog_worker):
+    out = run(like(catalog_worker, "txt2img_override_checkpoint_restore_false", checkpoint="cat_model_b",
+                   loras=[{"name": "tweaker"}, {"name": "film_grain", "weight": 0.4}]))
+    assert "error" not in out, out
+    body = only_txt2img(catalog_worker)
+    assert body["override_settings"]["sd_model_checkpoint"] == "model_b.safetensors"
+    assert body["prompt"].endswith("<lora:detail_tweaker:0.6> <lora:film_grain:0.4>")
+
+
+def test_catalog_default_checkpoint_is_used_when_present(catalog_worker):
+    out = run(like(catalog_worker, "txt2img_override_checkpoint_restore_false"))
+    assert "error" not in out, out
+    assert only_txt2img(catalog_worker)["override_settings"]["sd_model_checkpoint"] == "model_b.safetensors"
+    assert out["warnings"] == []
+
+
+def test_catalog_default_missing_falls_back_to_the_loaded_checkpoint(monkeypatch, tmp_path, models_dir):
+    pytest.importorskip("cache.catalog")
+    catalog = write_catalog(tmp_path / "models.json", [
+        {"id": "deliberate_v6", "kind": "checkpoint", "file": "Deliberate_v6.safetensors", "family": "sd15",
+         "source": {"hf": "XpucT/Deliberate", "file": "Deliberate_v6.safetensors"}, "default": True}])
+    srv = start_worker("a1111", monkeypatch, tmp_path, models_dir, catalog=catalog)
+    try:
+        out = run({"prompt": "a photo of a cat", "sampler_name": "Euler"})
+        assert "error" not in out, out
+        assert only_txt2img(srv)["override_settings"]["sd_model_checkpoint"] == "model_a.safetensors"
+        assert any("deliberate_v6" in w and "model_a.safetensors" in w for w in out["warnings"])
+    finally:
+        srv.stop()
+
+
+def test_catalog_family_refuses_a_mismatched_lora(monkeypatch, tmp_path, models_dir):
+    pytest.importorskip("cache.catalog")
+    catalog = write_catalog(tmp_path / "models.json", CATALOG)
+    srv = start_worker("a1111-sdxl", monkeypatch, tmp_path, models_dir, catalog=catalog)
+    try:
+        out = run({"prompt": "a tile", "checkpoint": "xl_base", "loras": [{"name": "tweaker", "weight": 0.8}]})
+        assert out["error_type"] == "validation", out
+        assert "detail_tweaker" in out["error"] and "SDXL" in out["error"]
+        assert srv.sent("POST", TXT2IMG) == []
+    finally:
+        srv.stop()
