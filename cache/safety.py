@@ -1,0 +1,111 @@
+"""Checks that keep downloads and file names from reaching outside the model volume.
+
+Pure checks raise ``ValidationFailed`` (the caller named something we refuse); nothing here
+touches the network except ``check_url``'s DNS lookup.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import socket
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from schemas.errors import ValidationFailed
+
+SAFE_EXTS = (".safetensors",)
+PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")
+MODEL_EXTS = SAFE_EXTS + PICKLE_EXTS
+TOKEN_VARS = ("HF_TOKEN", "CIVITAI_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+# Query parameters that carry credentials (Civitai ?token=, signed CDN URLs).
+_SECRET_PARAM = re.compile(r"token|key|sig|auth|credential|secret|password|session", re.I)
+_NAME_RE = re.compile(r"^[^/\\\x00-\x1f]{1,200}$")
+
+
+def safe_name(name: str, what: str = "model name") -> str:
+    """A plain file name or stem: no separators, no '..', no leading dot, no control chars."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or name.startswith(".") \
+            or ".." in name or name != name.strip():
+        raise ValidationFailed(f"{what} {name!r} is not a plain file name: path separators, '..', a leading "
+                               "dot and control characters are not allowed")
+    return name
+
+
+def inside(root: Path, path: Path) -> Path:
+    """``path`` with symlinks resolved, refused unless it stays under ``root``."""
+    real_root = root.resolve()
+    real = path.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise ValidationFailed(f"{path.name!r} resolves to a location outside MODELS_DIR (a symlink or path "
+                               "escape); refused")
+    return real
+
+
+def is_pickle(file: str) -> bool:
+    return file.lower().endswith(PICKLE_EXTS)
+
+
+def check_format(file: str, *, allow_pickle: bool, pinned_sha256: str | None) -> None:
+    """Refuse pickled formats unless allowed globally or pinned by the catalog's sha256."""
+    low = file.lower()
+    if low.endswith(SAFE_EXTS):
+        return
+    if low.endswith(PICKLE_EXTS):
+        if allow_pickle or pinned_sha256:
+            return
+        raise ValidationFailed(f"{file!r} is a pickled format ({os.path.splitext(file)[1]}), which can run code "
+                               "when loaded; use a .safetensors file, or set ALLOW_PICKLE_MODELS=1 (or pin its "
+                               "sha256 in models.json) if you trust it")
+    raise ValidationFailed(f"{file!r} has an unsupported extension; allowed: {', '.join(MODEL_EXTS)}")
+
+
+def _blocked_address(addr: str) -> bool:
+    ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast
+            or ip.is_unspecified)
+
+
+def check_url(url: str, *, allow_private: bool) -> None:
+    """Only http(s), and no loopback/private/link-local targets unless DOWNLOAD_ALLOW_PRIVATE=1
+    (a job must not make the worker fetch from its own network, e.g. a metadata service)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationFailed(f"download URL {redact_url(url)!r} is not an http(s) URL")
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                                   proto=socket.IPPROTO_TCP)
+    except socket.gaierror as exc:
+        raise ValidationFailed(f"download host {parts.hostname!r} cannot be resolved ({exc.strerror})") from None
+    for info in infos:
+        if _blocked_address(str(info[4][0])):
+            raise ValidationFailed(f"download host {parts.hostname!r} is a loopback, private or link-local address; "
+                                   "refused (set DOWNLOAD_ALLOW_PRIVATE=1 to allow it)")
+
+
+def redact_url(url: str) -> str:
+    """The URL without user info and with credential-like query values replaced by ***."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    query = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v)
+                       for k, v in parse_qsl(parts.query, keep_blank_values=True)])
+    return redact(urlunsplit((parts.scheme, netloc, parts.path, query, "")))
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of the token environment variables replaced by ***."""
+    for var in TOKEN_VARS:
+        value = os.environ.get(var, "")
+        if len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
