@@ -10,7 +10,9 @@ field and what it allows.
 from __future__ import annotations
 
 import difflib
+import math
 import re
+import reprlib
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -212,6 +214,24 @@ def _https_list(v: list[str]) -> list[str]:
     return v
 
 
+MAX_A1111_DEPTH = 32
+
+
+def _plain_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    # The escape hatch is sent to A1111 as JSON: NaN/Infinity are not JSON (requests refuses
+    # to send them), and absurd nesting only exhausts the recursion of the schema check.
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"must hold JSON values only: {v!r} is not a JSON number")
+        if isinstance(v, dict | list):
+            if depth > MAX_A1111_DEPTH:
+                raise ValueError(f"must not be nested deeper than {MAX_A1111_DEPTH} levels")
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return value
+
+
 Size = Annotated[int | None, Field(None, ge=64, le=2048), AfterValidator(_multiple_of_8)]
 Weight = Annotated[float, Field(ge=-5.0, le=5.0, allow_inf_nan=False)]
 
@@ -253,7 +273,7 @@ class Job(BaseModel):
     # the flux preset, or by a caller who loads a UNet-only checkpoint.
     modules: list[Annotated[str, AfterValidator(_check_name)]] | None = Field(None, max_length=8)
     output: OutputOptions | None = None
-    a1111: dict[str, Any] | None = None
+    a1111: Annotated[dict[str, Any] | None, AfterValidator(_plain_json)] = None
     # prefetch
     checkpoints: list[ModelRef] = Field(default_factory=list, max_length=64)
     catalog: bool = False
@@ -306,8 +326,13 @@ def _short_error(err: dict[str, Any]) -> str:
     return f"{loc}: {msg}" if loc else msg
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
+
+
 def _got(value: Any) -> str:
-    text = repr(value)
+    # reprlib, not repr: a value nested ~1000 deep (json.loads allows it) would exhaust the recursion.
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
