@@ -304,7 +304,7 @@ class _Resolver:
         self.problems: list[dict[str, Any]] = []
         self.warnings: list[str] = []
         self.placed: list[dict[str, Any]] = []
-        self.in_use: list[str] = []
+        self.in_use: list[str] = []  # MODELS_DIR-relative paths, kept from eviction
 
     # -- helpers ------------------------------------------------------------------------
     def cache(self) -> Any:
@@ -351,14 +351,14 @@ class _Resolver:
 
     def after_placing(self, kind: str, name: str, fld: str) -> bool:
         """Refresh A1111's list for ``kind``; True when it now lists ``name``."""
-        route, refresh = ROUTES[kind]
-        self.client.refresh(refresh)
-        if kind == "checkpoint":
-            found = find_checkpoint(name, self.lists.checkpoints(fresh=True)) is not None
-        elif kind == "lora":
-            found = find_lora(name, self.lists.loras(fresh=True)) is not None
-        else:
-            found = find_embedding(name, self.lists.embeddings(fresh=True)) is not None
+        _, refresh = ROUTES[kind]
+        if self._listed(kind, name, fresh=False):  # already there (placed by an earlier job)
+            return True
+        try:
+            self.client.refresh(refresh)
+        except A1111Error as exc:  # e.g. a server without that refresh route: the re-read decides
+            log.warning("POST /sdapi/v1/refresh-%s failed: %s", refresh, exc.message)
+        found = self._listed(kind, name, fresh=True)
         if not found:
             self.problems.append({
                 "field": fld, "error_type": "model_not_found",
@@ -367,6 +367,13 @@ class _Resolver:
                            f"{self.settings.models_dir}",
             })
         return found
+
+    def _listed(self, kind: str, name: str, *, fresh: bool) -> bool:
+        if kind == "checkpoint":
+            return find_checkpoint(name, self.lists.checkpoints(fresh=fresh)) is not None
+        if kind == "lora":
+            return find_lora(name, self.lists.loras(fresh=fresh)) is not None
+        return find_embedding(name, self.lists.embeddings(fresh=fresh)) is not None
 
     def unknown(self, kind: str, fld: str, name: str, listed: list[str], reason: str = "") -> None:
         candidates = listed + [i for i in self.catalog_ids(kind) if i not in listed]
@@ -408,7 +415,7 @@ class _Resolver:
     def _place_or_unknown(self, kind: str, ref: str | Source, fld: str, listed: list[str]) -> Any | None:
         before = len(self.problems)
         placed = self.place(kind, ref, fld)
-        if placed is None and isinstance(ref, str) and all(
+        if placed is None and isinstance(ref, str) and self.catalog_entry(ref) is None and all(
                 p.get("error_type") == "model_not_found" for p in self.problems[before:]):
             # A plain name nobody knows: the useful message is the suggestion, not the cache's.
             del self.problems[before:]
@@ -514,7 +521,7 @@ class _Resolver:
                                       "message": f"LoRA '{name}' cannot be used in a prompt tag: its file name "
                                                  "contains ':', '<' or '>'; rename the file"})
                 continue
-            self.in_use.append(name)
+            self.in_use.append(_relative("lora", str(listed_entry.get("path") or name + ".safetensors")))
             out.append(ResolvedLora(name=name, weight=float(weight), family=lora_family))
         return out
 
@@ -552,7 +559,7 @@ class _Resolver:
             if self.job.preset is None and key.lower() not in text:
                 self.warnings.append(f"embedding '{key}' is available but its name does not appear in the "
                                      "prompt or negative_prompt, so it has no effect")
-            self.in_use.append(key)
+            self.in_use.append(_relative("embedding", key + ".safetensors"))
             out.append(key)
         return out
 
@@ -589,6 +596,12 @@ class _Resolver:
             errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
             if errors:
                 self.problems.append({"field": fld, "message": f"a1111.{key}: {errors[0].message[:200]}"})
+
+
+def _relative(kind: str, path: str) -> str:
+    """The MODELS_DIR-relative path the cache records a model under (``loras/x.safetensors``)."""
+    folder = {"checkpoint": "checkpoints", "lora": "loras", "embedding": "embeddings"}[kind]
+    return f"{folder}/{PurePosixPath(path.replace(chr(92), '/')).name}"
 
 
 def _stem(entry: dict) -> str:
@@ -634,7 +647,7 @@ def resolve(job: Job, client: Any, settings: Any, catalog: Any = None, *, cache:
     title, stem = ckpt if ckpt else ("", "")
     family = r.checkpoint_family(title, stem) if ckpt else None
     if ckpt:
-        r.in_use.append(stem)
+        r.in_use.append(_relative("checkpoint", _strip_hash(title)))
     loras = r.loras(family, title)
     embeddings = r.embeddings(family)
     r.check_a1111_fields()

@@ -1,0 +1,141 @@
+"""Models A1111 does not list yet: placed by the cache, A1111's list refreshed, checked again.
+
+A local HTTPS file server (sources must be https) serves real safetensors files made here;
+the replay A1111 lists the files found in MODELS_DIR (``models_dir``), as A1111 does after
+a refresh.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from safetensors.numpy import save
+
+from handler import handler
+from tests.test_core_handler import TXT2IMG, start_worker, write_catalog
+
+trustme = pytest.importorskip("trustme")
+pytest.importorskip("cache")
+
+
+class _Files(BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+    gets: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        body = self.files.get(self.path.split("?")[0])
+        if body is None:
+            self.send_error(404)
+            return
+        self.gets.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    ca = trustme.CA()
+    ca_pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_pem))
+    handler_cls = type("Files", (_Files,), {"files": {}, "gets": []})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"https://127.0.0.1:{httpd.server_address[1]}"
+    yield base, handler_cls
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def lora_bytes(base_model: str) -> bytes:
+    tensors = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": np.zeros((4, 320), np.float16),
+               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": np.zeros((320, 4), np.float16)}
+    return save(tensors, metadata={"ss_base_model_version": base_model, "ss_network_dim": "4"})
+
+
+@pytest.fixture(params=["a1111", "forge"])
+def worker(request, monkeypatch, tmp_path, models_dir):
+    srv = start_worker(request.param, monkeypatch, tmp_path, models_dir)
+    srv.models_dir = models_dir  # list routes also list the files placed there
+    yield srv
+    srv.stop()
+
+
+def test_lora_from_url_is_placed_refreshed_and_tagged(worker, files, models_dir):
+    base, served = files
+    served.files["/dl/grain.safetensors"] = lora_bytes("sd_v1")
+    job = {"prompt": "a cat", "loras": [{"url": f"{base}/dl/grain.safetensors", "name": "url_grain", "weight": 0.5}]}
+    out = handler({"id": "t", "input": job})
+    assert "error" not in out, out
+    assert (models_dir / "loras" / "url_grain.safetensors").read_bytes() == served.files["/dl/grain.safetensors"]
+    assert len(worker.sent("POST", "/sdapi/v1/refresh-loras")) == 1
+    (body,) = worker.sent("POST", TXT2IMG)
+    assert body["prompt"] == "a cat <lora:url_grain:0.5>"
+    assert out["models"]["placed"][0]["downloaded"] is True
+    # second job: listed now, nothing downloaded or refreshed again
+    out = handler({"id": "t", "input": job})
+    assert "error" not in out, out
+    assert served.gets == ["/dl/grain.safetensors"]
+    assert len(worker.sent("POST", "/sdapi/v1/refresh-loras")) == 1
+
+
+def test_url_lora_of_another_family_is_refused_after_placing(files, monkeypatch, tmp_path, models_dir):
+    pytest.importorskip("cache.catalog")
+    catalog = write_catalog(tmp_path / "models.json", [
+        {"id": "xl_base", "kind": "checkpoint", "file": "sd_xl_base_1.0.safetensors", "family": "sdxl"}])
+    srv = start_worker("a1111-sdxl", monkeypatch, tmp_path, models_dir, catalog=catalog)
+    srv.models_dir = models_dir
+    try:
+        base, served = files
+        served.files["/dl/sd15.safetensors"] = lora_bytes("sd_v1")
+        out = handler({"id": "t", "input": {"prompt": "a tile", "checkpoint": "xl_base", "loras": [
+            {"url": f"{base}/dl/sd15.safetensors", "name": "sd15_lora", "weight": 1}]}})
+        assert out["error_type"] == "validation", out
+        assert "sd15_lora" in out["error"] and "SD1.5" in out["error"] and "SDXL" in out["error"]
+        assert srv.sent("POST", TXT2IMG) == []
+    finally:
+        srv.stop()
+
+
+def test_missing_download_is_a_clear_error_without_txt2img(worker, files):
+    base, _ = files
+    out = handler({"id": "t", "input": {"prompt": "a cat", "loras": [{"url": f"{base}/dl/none.safetensors"}]}})
+    # the cache reports a 404 as a model that does not exist there
+    assert out["error_type"] == "model_not_found", out
+    assert "404" in out["error"] and "none" in out["error"]
+    assert worker.sent("POST", TXT2IMG) == []
+
+
+def test_checkpoint_from_url(worker, files, models_dir):
+    base, served = files
+    served.files["/dl/ckpt.safetensors"] = save({"model.diffusion_model.x": np.zeros((2, 2), np.float16)})
+    out = handler({"id": "t", "input": {"prompt": "a cat", "checkpoint": {"url": f"{base}/dl/ckpt.safetensors",
+                                                                          "name": "my_ckpt"}}})
+    assert "error" not in out, out
+    (body,) = worker.sent("POST", TXT2IMG)
+    assert body["override_settings"]["sd_model_checkpoint"] == "my_ckpt.safetensors"
+    assert len(worker.sent("POST", "/sdapi/v1/refresh-checkpoints")) == 1
+
+
+def test_placed_but_never_listed_is_a_clear_error(worker, files, models_dir):
+    base, served = files
+    served.files["/dl/e.safetensors"] = lora_bytes("sd_v1")
+    worker.models_dir = None  # this A1111 does not look at our MODELS_DIR
+    out = handler({"id": "t", "input": {"prompt": "a cat", "loras": [{"url": f"{base}/dl/e.safetensors",
+                                                                       "name": "lost"}]}})
+    assert out["error_type"] == "model_not_found", out
+    assert "does not list it" in out["error"] and "refresh-loras" in out["error"]
+    assert worker.sent("POST", TXT2IMG) == []
