@@ -238,3 +238,11 @@ def test_api_noticed_quickly_after_it_starts_answering(monkeypatch, tmp_path, li
         started["srv"].stop()
     noticed = readiness._state(settings.a1111_url).cold.noticed_at["api_up"]
     assert noticed - started["t"] < 0.5
+
+
+def test_ready_on_forge(monkeypatch, forge_replay, tmp_path, live_child):
+    # Forge loads the checkpoint lazily inside the first generation: the warm-up pays for it.
+    settings = _settings(monkeypatch, forge_replay.url)
+    readiness.ensure_ready(None, settings, _supervisor(tmp_path, live_child.pid))
+    assert len(forge_replay.sent("POST", "/sdapi/v1/txt2img")) == 1
+    assert readiness.cold_start(settings)["ready"] is True
