@@ -139,3 +139,17 @@ def test_placed_but_never_listed_is_a_clear_error(worker, files, models_dir):
     assert out["error_type"] == "model_not_found", out
     assert "does not list it" in out["error"] and "refresh-loras" in out["error"]
     assert worker.sent("POST", TXT2IMG) == []
+
+
+def test_prefetch_action_places_models(worker, files, models_dir):
+    base, served = files
+    served.files["/dl/a.safetensors"] = lora_bytes("sd_v1")
+    out = handler({"id": "t", "input": {"action": "prefetch",
+                                        "loras": [{"url": f"{base}/dl/a.safetensors", "name": "pre_a"}]}})
+    assert "error" not in out, out
+    assert [(p["kind"], p["name"], p["downloaded"]) for p in out["prefetched"]] == [("lora", "pre_a", True)]
+    assert (models_dir / "loras" / "pre_a.safetensors").is_file()
+    assert worker.sent("POST", TXT2IMG) == []
+    out = handler({"id": "t", "input": {"action": "prefetch", "checkpoints": ["not_in_catalog_anywhere"]}})
+    assert out["error_type"] == "model_not_found", out
+    assert "not_in_catalog_anywhere" in out["error"]
