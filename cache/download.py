@@ -196,12 +196,12 @@ def fetch_url(url: str, part: Path, *, what: str, headers: dict[str, str] | None
                         hasher.update(chunk)
                         have += len(chunk)
                         state["transferred"] += len(chunk)
-            except OSError as exc:
+            except requests.RequestException as exc:  # stall (read timeout) or connection cut mid-body
+                raise _Transient(f"the transfer broke off after {have} bytes ({type(exc).__name__})") from None
+            except OSError as exc:  # after RequestException, which is an OSError too
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise disk_full(exc, part) from None
                 raise
-            except requests.RequestException as exc:  # stall (read timeout) or connection cut mid-body
-                raise _Transient(f"the transfer broke off after {have} bytes ({type(exc).__name__})") from None
             if expected_total is not None and have != expected_total:
                 raise _Transient(f"the body ended after {have} of {expected_total} bytes")
         return hasher.hexdigest(), have
