@@ -16,6 +16,7 @@ import pytest
 from safetensors.numpy import save
 
 from handler import handler
+from tests.contract import assert_txt2img_conforms
 from tests.test_core_handler import TXT2IMG, start_worker, write_catalog
 
 trustme = pytest.importorskip("trustme")
@@ -72,6 +73,8 @@ def worker(request, monkeypatch, tmp_path, models_dir):
     srv.models_dir = models_dir  # list routes also list the files placed there
     yield srv
     srv.stop()
+    for body in srv.sent("POST", TXT2IMG):
+        assert_txt2img_conforms(body, "forge" if request.param == "forge" else "a1111")
 
 
 def test_lora_from_url_is_placed_refreshed_and_tagged(worker, files, models_dir):
@@ -153,3 +156,17 @@ def test_prefetch_action_places_models(worker, files, models_dir):
     out = handler({"id": "t", "input": {"action": "prefetch", "checkpoints": ["not_in_catalog_anywhere"]}})
     assert out["error_type"] == "model_not_found", out
     assert "not_in_catalog_anywhere" in out["error"]
+
+
+def test_embedding_from_url(worker, files, models_dir):
+    base, served = files
+    served.files["/dl/emb.safetensors"] = save({"emb_params": np.zeros((2, 768), np.float32)})
+    out = handler({"id": "t", "input": {"prompt": "a cat, my_emb", "embeddings": [
+        {"url": f"{base}/dl/emb.safetensors", "name": "my_emb"}]}})
+    assert "error" not in out, out
+    assert out["models"]["embeddings"] == ["my_emb"]
+    assert (models_dir / "embeddings" / "my_emb.safetensors").is_file()
+    # A1111 has /sdapi/v1/refresh-embeddings; the Forge recordings have none (404 there): the
+    # worker re-reads the list either way.
+    assert len(worker.sent("POST", "/sdapi/v1/refresh-embeddings")) == 1
+    assert len(worker.sent("POST", TXT2IMG)) == 1
