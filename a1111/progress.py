@@ -21,8 +21,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.25
 MIN_INTERVAL_S = 1.0
-# At step 0 A1111 reports an ETA extrapolated from almost nothing (e.g. 99.9 s for a
-# 10-step job that took 8 s); anything above this is not worth showing.
+# Anything above this is not an estimate worth showing.
 _MAX_ETA_S = 24 * 3600
 
 
@@ -50,10 +49,13 @@ def progress_payload(raw: Any, label: str | None = None) -> dict | None:
         eta_s: float | None = round(float(eta), 1)
     except (TypeError, ValueError):
         eta_s = None
-    if eta_s is not None and not (0 <= eta_s <= _MAX_ETA_S):
+    step = int(state.get("sampling_step") or 0)
+    # Before the first step is done A1111 extrapolates its ETA from almost nothing: the
+    # recorded polls at step 0 of a 10-step job said 99.9 s, 348.6 s, 597.3 s.
+    if eta_s is not None and (step == 0 or not 0 <= eta_s <= _MAX_ETA_S):
         eta_s = None
     payload: dict[str, Any] = {
-        "step": int(state.get("sampling_step") or 0),
+        "step": step,
         "total": int(state.get("sampling_steps") or 0),
         "percent": round(fraction * 100, 1),
         "eta_s": eta_s,

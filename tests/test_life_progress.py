@@ -63,7 +63,8 @@ def test_updates_are_sent_during_a_slow_generation_at_most_once_per_second(repla
         resp = requests.post(f"{replay.url}/sdapi/v1/txt2img", json={"prompt": "x"}, timeout=30)
     assert resp.status_code == 200
 
-    assert len(sent) >= 3, sent  # a 4 s generation, one update per second
+    # The replayed polls hold step 0 for 3 s (identical updates are not re-sent), then step 1.
+    assert [p["step"] for _, _, p in sent] == [0, 1], sent
     assert all(j is job for _, j, _ in sent)
     gaps = [b[0] - a[0] for a, b in zip(sent, sent[1:], strict=False)]
     assert min(gaps) >= 0.95, gaps
@@ -100,3 +101,27 @@ def test_progress_poll_errors_do_not_break_the_job(replay):
         time.sleep(0.3)
     assert sent == []
     assert len([r for r in replay.requests if r.path == "/sdapi/v1/progress"]) >= 2
+
+
+def test_no_eta_before_the_first_step():
+    # Recorded: at step 0 A1111's eta_relative is an extrapolation from nothing (99.9 s).
+    assert progress_payload(_recorded("get_progress_mid_generation_1"))["eta_s"] is None
+
+
+def test_throttle_is_at_most_one_update_per_second():
+    # A progress source that advances on every poll (20 ms apart): updates still come at most
+    # once a second. Built from the recorded poll shape, with the step counted up.
+    base = _recorded("get_progress_mid_generation_4")
+
+    class Advancing:
+        step = 0
+
+        def progress(self) -> dict:
+            self.step += 1
+            return {**base, "state": {**base["state"], "sampling_step": self.step, "sampling_steps": 10_000}}
+
+    times: list[float] = []
+    with ProgressReporter(Advancing(), "job-z", send=lambda j, p: times.append(time.monotonic()), poll_s=0.02):
+        time.sleep(2.6)
+    assert len(times) == 3, times  # at about 0 s, 1 s and 2 s
+    assert all(b - a >= 1.0 for a, b in zip(times, times[1:], strict=False))
