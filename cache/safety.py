@@ -94,11 +94,15 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if not parts.username and not parts.password and not parts.fragment \
+            and not any(_SECRET_PARAM.search(k) for k, _ in pairs):
+        return redact(url)  # unchanged, so names derived from it equal sha256(url)
     netloc = parts.hostname or ""
     if parts.port:
         netloc += f":{parts.port}"
     query = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v)
-                       for k, v in parse_qsl(parts.query, keep_blank_values=True)])
+                       for k, v in pairs])
     return redact(urlunsplit((parts.scheme, netloc, parts.path, query, "")))
 
 
