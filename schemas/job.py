@@ -218,17 +218,24 @@ MAX_A1111_DEPTH = 32
 
 
 def _plain_json(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    # The escape hatch is sent to A1111 as JSON: NaN/Infinity are not JSON (requests refuses
-    # to send them), and absurd nesting only exhausts the recursion of the schema check.
+    # The escape hatch is sent to A1111 as JSON: NaN/Infinity are not JSON and a lone surrogate
+    # is not UTF-8 (requests refuses to send either), and absurd nesting only exhausts the
+    # recursion of the schema check.
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         v, depth = stack.pop()
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"must hold JSON values only: {v!r} is not a JSON number")
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must hold valid Unicode text: a lone surrogate is not UTF-8") from None
         if isinstance(v, dict | list):
             if depth > MAX_A1111_DEPTH:
                 raise ValueError(f"must not be nested deeper than {MAX_A1111_DEPTH} levels")
-            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+            items = [*v.keys(), *v.values()] if isinstance(v, dict) else v
+            stack.extend((x, depth + 1) for x in items)
     return value
 
 
