@@ -99,3 +99,12 @@ def test_hub_json_shape_and_env_keys_are_real():
         assert entry["input"]["name"] and entry["input"]["type"] in {"string", "number", "boolean"}
     tests = json.loads((ROOT / ".runpod" / "tests.json").read_text())
     assert all(isinstance(t["timeout"], int) for t in tests["tests"])
+
+
+def test_hub_test_names_a_catalog_checkpoint():
+    # A Hub test endpoint has no volume: the test job must name a model the worker can fetch.
+    catalog = json.loads((ROOT / "models.json").read_text())
+    ids = {m["id"] for m in catalog["models"] if m["kind"] == "checkpoint"}
+    tests = json.loads((ROOT / ".runpod" / "tests.json").read_text())["tests"]
+    generating = [t for t in tests if t["input"].get("action", "txt2img") == "txt2img"]
+    assert generating and all(t["input"].get("checkpoint") in ids for t in generating)
