@@ -234,7 +234,7 @@ def _bytes_of(img: Any) -> bytes:
 
 
 def _mb(n: float) -> str:
-    return f"{n / 1_000_000:.1f} MB"
+    return f"{n / 1_000_000:.1f} MB" if n >= 100_000 else f"{n / 1000:.1f} kB"
 
 
 # --------------------------------------------------------------------------- bucket
@@ -390,6 +390,20 @@ def _too_large_message(size: int, limit: int, options: OutputOptions, why_no_buc
             f"returns: {smaller}, {bucket}")
 
 
+def preflight(options: OutputOptions | None, s3_config: Any) -> None:
+    """Checks that need no images, run before the generation so a job that cannot be
+    delivered costs no GPU time: a bad s3Config (ValidationFailed) and upload 'always'
+    without a bucket (UploadFailed)."""
+    bucket, why_no_bucket = find_bucket(s3_config)
+    if options is not None and options.upload == "always" and bucket is None:
+        raise _no_bucket_for_always(why_no_bucket)
+
+
+def _no_bucket_for_always(why_no_bucket: str | None) -> UploadFailed:
+    return UploadFailed(f"output.upload is 'always' but {why_no_bucket}: set BUCKET_ENDPOINT_URL, "
+                        "BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY, or pass s3Config with the job")
+
+
 def deliver(result: dict, options: OutputOptions | None, settings: Settings, job_id: str,
             s3_config: dict | None, *, expected: Sequence[tuple[int, int] | None] | None = None) -> dict:
     """The result to hand to RunPod: images checked, converted if asked, uploaded when asked
@@ -430,8 +444,7 @@ def deliver(result: dict, options: OutputOptions | None, settings: Settings, job
     delivery: dict[str, Any] = {"format": options.format, "uploaded": False, "inline_bytes": size}
     must_upload = options.upload == "always" or (options.upload == "auto" and size > limit)
     if options.upload == "always" and bucket is None:
-        raise UploadFailed(f"output.upload is 'always' but {why_no_bucket}: set BUCKET_ENDPOINT_URL, "
-                           "BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY, or pass s3Config with the job")
+        raise _no_bucket_for_always(why_no_bucket)
     if size > limit and (options.upload == "never" or bucket is None):
         raise ResultTooLarge(_too_large_message(size, limit, options, why_no_bucket),
                              result_bytes=size, limit_bytes=limit)
