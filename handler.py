@@ -90,7 +90,9 @@ def _deliver(result: dict, job: Job, settings: Settings, job_id: str, s3_config:
 # --------------------------------------------------------------------------- actions
 def run_txt2img(job: dict, parsed: Job, settings: Settings, started: float) -> dict:
     import presets  # imported here: presets pull in Pillow drawing code
+    from a1111.delivery import preflight
 
+    preflight(parsed.output, job.get("s3Config"))  # a job that cannot be delivered fails before it generates
     deadline = started + settings.job_timeout_s
     catalog = load_catalog(settings)
     steps = presets.expand(parsed, catalog, settings)
