@@ -43,7 +43,7 @@ BUCKET_NAME_ENV = "BUCKET_NAME"
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# A JPEG's EXIF lives in one APP1 segment: at most 65535 bytes with its length field.
+# A JPEG's EXIF (with its Exif\0\0 marker) lives in one APP1 segment: 65535 bytes with its length field.
 _JPEG_MAX_EXIF = 65533
 
 
@@ -206,7 +206,7 @@ def convert(raw: bytes, fmt: str, quality: int) -> tuple[bytes, ImageInfo, str |
         warning = None
         if isinstance(infotext, str) and infotext:
             exif = exif_user_comment(infotext)
-            if fmt == "jpeg" and len(exif) - 6 > _JPEG_MAX_EXIF:
+            if fmt == "jpeg" and len(exif) > _JPEG_MAX_EXIF:
                 warning = "the infotext is too long for a JPEG's EXIF and was left out; use png or webp to keep it"
             else:
                 kwargs["exif"] = exif

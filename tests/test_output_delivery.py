@@ -242,6 +242,17 @@ def test_infotext_too_long_for_jpeg_exif_is_a_warning_not_a_failure(settings):
     assert any("too long for a JPEG" in w for w in out["warnings"])
     with decode(out["images"][0]) as im:
         assert im.format == "JPEG"
+    # the longest infotext that fits: 65533 bytes of EXIF = 58 bytes of structure + 2 per UTF-16 unit
+    for length, fits in ((32_737, True), (32_738, False)):
+        assert (len(exif_user_comment("y" * length)) <= 65533) is fits
+        meta = PngImagePlugin.PngInfo()
+        meta.add_text("parameters", "y" * length)
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16)).save(buf, "PNG", pnginfo=meta)
+        edge = deliver({"images": [base64.b64encode(buf.getvalue()).decode()], "seeds": [1], "parameters": {}},
+                       OutputOptions(format="jpeg"), settings, "j", None)
+        with decode(edge["images"][0]) as im:
+            assert ("exif" in im.info) is fits and (edge["warnings"] == []) is fits
     webp = deliver(result, OutputOptions(format="webp"), settings, "j", None)
     with decode(webp["images"][0]) as im:
         assert user_comment(im) == "x" * 40_000
