@@ -223,7 +223,8 @@ def _place_controlnet_models(missing: list[tuple[int, ControlNetUnit]], cache: A
             cache.ensure("controlnet", u.model)
         except WorkerError as exc:
             if exc.error_type != "model_not_found":
-                problems.append(_problem(f"controlnet[{i}].model", exc.message, exc.error_type))
+                problems.append(_problem(f"controlnet[{i}].model", f"controlnet[{i}].model {u.model!r} is not "
+                                         f"installed and could not be placed: {exc.message}", exc.error_type))
                 continue
         still.append((i, u))
     return still

@@ -27,7 +27,9 @@ def sdxl_env(monkeypatch: pytest.MonkeyPatch, sdxl_replay: ReplayServer, models_
     monkeypatch.setenv("A1111_URL", sdxl_replay.url)
     monkeypatch.setenv("MODELS_DIR", str(models_dir))
     monkeypatch.setenv("A1111_READY_TIMEOUT", "5")
-    monkeypatch.setenv("DOWNLOAD_ALLOW_PRIVATE", "1")
+    # Private addresses stay refused: the catalog's ControlNet sources are public hosts, which
+    # this offline machine cannot resolve, so a missing model fails fast instead of retrying.
+    monkeypatch.delenv("DOWNLOAD_ALLOW_PRIVATE", raising=False)
     monkeypatch.delenv("WEBUI_BACKEND", raising=False)
     return sdxl_replay
 
@@ -168,10 +170,14 @@ def test_angle_45_end_to_end_with_a_listed_controlnet_model(sdxl_env, monkeypatc
     assert out["labels"] == ["preview", "final", "colormap"]
 
 
-def test_angle_45_with_a_missing_controlnet_model_fails_before_generation(sdxl_env):
+def test_angle_45_with_a_missing_controlnet_model_fails_before_generation(sdxl_env, models_dir):
+    # Nothing listed by the extension, nothing on the volume, no network: the catalog's SDXL
+    # SoftEdge model cannot be placed, and the job says so before any generation.
     out = run(colors=RED_BLUE, angle=45)
-    assert "error" in out and "controlnet" in out["error"].lower()
+    assert "error" in out and "controlnet[0].model" in out["error"]
+    assert "sargezt_xl_softedge" in out["error"]  # the catalog file the unit names
     assert bodies(sdxl_env) == []
+    assert not any((models_dir / "controlnet").iterdir())  # nothing half-written
 
 
 def test_preview_prompt_matches_the_recorded_canonical_request(sdxl_env):
