@@ -105,3 +105,53 @@ def test_lora_scales_must_match_lora_urls():
     with pytest.raises(ValidationFailed) as err:
         parse_job({"prompt": "x", "lora_urls": ["https://example.org/a.safetensors"], "lora_scales": [0.5, 0.7]})
     assert "lora_scales" in {d["field"] for d in err.value.details}
+
+
+# --------------------------------------------------------------------------- the real models.json
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    from cache.catalog import Catalog
+
+    return Catalog.load(ROOT / "models.json")
+
+
+def test_realistic_portrait_uses_catalog_models_at_recommended_scales(catalog):
+    job = parse_job({"prompt": "portrait of an old fisherman", "preset": "realistic_portrait"})
+    (step,) = presets.expand(job, catalog, settings())
+    ckpt = catalog.get(step.job.checkpoint)
+    assert ckpt is not None and ckpt.id == "jib_mix_illustrious_realistic_v2" and ckpt.family == "sdxl"
+    names = {x.name: x.weight for x in step.job.loras}
+    assert set(names) == {"boring_reality_v4", "detail_tweaker_xl"}
+    for name, weight in names.items():
+        entry = catalog.get(name)
+        assert entry is not None and entry.kind == "lora" and weight == entry.recommended_weight
+    assert step.job.width % 8 == 0 and step.job.clip_skip == 2
+
+
+def test_builtin_preset_models_exist_in_the_catalog(catalog):
+    rt = presets.rubber_tile
+    cfg = presets._jobs.preset_config(catalog, rt.NAME, rt.DEFAULTS)
+    kinds = {cfg["checkpoint"]: "checkpoint", cfg["lora"]: "lora", cfg["embedding"]: "embedding",
+             cfg["controlnet"]["softedge"]["model"]: "controlnet", cfg["controlnet"]["canny"]["model"]: "controlnet"}
+    fx = presets._jobs.preset_config(catalog, presets.flux.NAME, presets.flux.DEFAULTS)
+    kinds[fx["checkpoint"]] = "checkpoint"
+    kinds.update({m: ("vae", "text_encoder") for m in fx["modules"]})
+    kinds[fx["hires"]["upscaler"]] = "upscaler"
+    kinds.update({m: "adetailer" for m in fx["adetailer_models"]})
+    for ref, kind in kinds.items():
+        entry = catalog.get(ref)
+        assert entry is not None, ref
+        assert entry.kind in (kind if isinstance(kind, tuple) else (kind,)), ref
+    # the LoRA weight the design asks for
+    assert cfg["lora_weight"] == 0.7
+
+
+def test_rubber_tile_with_the_real_catalog_names_a1111_file_stems(catalog):
+    job = parse_job({"preset": "rubber_tile", "colors": [{"name": "red", "proportion": 100}], "angle": 90})
+    preview, _ = presets.expand(job, catalog, settings())
+    assert preview.job.prompt.startswith("ohwx_rubber_tile rubber_tile_sdxl, 100% red, ")
+    # ControlNet lists models by file stem: the catalog id is turned into it
+    assert preview.job.controlnet[0].model == "diffusers_xl_canny_mid"
