@@ -189,3 +189,19 @@ def test_preview_prompt_matches_the_recorded_canonical_request(sdxl_env):
     preview = bodies(sdxl_env)[0]
     for key in ("prompt", "negative_prompt", "sampler_name", "scheduler", "cfg_scale", "seed"):
         assert preview[key] == recorded[key], key
+
+
+def test_missing_rubber_tile_files_name_their_expected_paths(monkeypatch, replay, models_dir):
+    # The SD1.5 server lists none of the rubber-tile files, the volume is empty, and the
+    # LoRA / TI have no public source: the error says where each file is expected.
+    monkeypatch.setenv("A1111_URL", replay.url)
+    monkeypatch.setenv("MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("A1111_READY_TIMEOUT", "5")
+    monkeypatch.delenv("DOWNLOAD_ALLOW_PRIVATE", raising=False)
+    monkeypatch.delenv("WEBUI_BACKEND", raising=False)
+    out = run(colors=RED_BLUE)
+    assert "error" in out
+    by_field = {d["field"]: d["message"] for d in out["details"]}
+    assert str(models_dir / "loras" / "rubber-tile-lora-v4_sdxl_lora.safetensors") in by_field["loras[0]"]
+    assert "rubber-tile-lora-v4_sdxl_embeddings.safetensors" in by_field["embeddings[0]"]
+    assert bodies(replay) == []
