@@ -390,6 +390,13 @@ def _too_large_message(size: int, limit: int, options: OutputOptions, why_no_buc
             f"returns: {smaller}, {bucket}")
 
 
+def _check_without_images(size: int, limit: int) -> None:
+    if size > limit:
+        raise ResultTooLarge(f"the result is still {_mb(size)} with its images uploaded, over the {_mb(limit)} "
+                             "limit (MAX_RESULT_MB); raise MAX_RESULT_MB or ask for fewer images",
+                             result_bytes=size, limit_bytes=limit)
+
+
 def preflight(options: OutputOptions | None, s3_config: Any) -> None:
     """Checks that need no images, run before the generation so a job that cannot be
     delivered costs no GPU time: a bad s3Config (ValidationFailed) and upload 'always'
@@ -454,6 +461,9 @@ def deliver(result: dict, options: OutputOptions | None, settings: Settings, job
         for i, img in enumerate(images):
             data = raw[i] if raw[i] is not None else _bytes_of(img)
             files.append((data, infos[i].format if infos[i] else "bin"))
+        # What stays inline (info, parameters) may be too big by itself: fail before uploading.
+        stand_in = {"url": "u" * 2048, "format": "jpeg", "width": 99999, "height": 99999, "seed": 2**32}
+        _check_without_images(serialized_size({**out, "images": [stand_in] * len(images)}), limit)
         log.info("job %s: uploading %d image(s), %s inline, to bucket '%s' at %s (%s)", job_id, len(files),
                  _mb(size), bucket.name, bucket.host, bucket.source)
         urls = upload(bucket, job_id, files)
@@ -465,5 +475,6 @@ def deliver(result: dict, options: OutputOptions | None, settings: Settings, job
                          for i, url in enumerate(urls)]
         delivery.update(uploaded=True, url_kind="presigned", url_expires_s=URL_EXPIRES_S,
                         bucket=bucket.name, bucket_source=bucket.source)
+        _check_without_images(serialized_size(out), limit)  # a presigned URL longer than foreseen
     out["delivery"] = delivery
     return out

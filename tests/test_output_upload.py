@@ -239,6 +239,14 @@ def test_missing_bucket_is_a_clear_error(s3, clean_env, monkeypatch):
     assert_nothing_written(clean_env)
 
 
+def test_still_too_large_after_upload_is_an_error(s3, clean_env, monkeypatch):
+    # 1 kB: even without its images, a result's info and parameters are larger
+    with pytest.raises(ResultTooLarge, match=r"is still \d+\.\d kB with its images uploaded"):
+        deliver(recorded_result("txt2img_minimal"), None, settings_with(monkeypatch, "0.001"), "j", s3.config())
+    assert s3.objects() == {}  # measured with stand-in URLs before anything was uploaded
+    assert_nothing_written(clean_env)
+
+
 def test_unreachable_endpoint_is_a_clear_error(clean_env, monkeypatch):
     cfg = {"endpointUrl": "http://127.0.0.1:9", "accessId": "a", "accessSecret": "b", "bucketName": "out"}
     with pytest.raises(UploadFailed, match="could not be reached"):
