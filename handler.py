@@ -97,7 +97,7 @@ def run_txt2img(job: dict, parsed: Job, settings: Settings, started: float) -> d
     catalog = load_catalog(settings)
     steps = presets.expand(parsed, catalog, settings)
     client = get_client(settings)
-    ensure_ready(client, settings)
+    ensure_ready(client, settings, deadline=deadline)
     outputs: list[tuple[str | None, dict]] = []
     for step in steps:
         t0 = time.monotonic()

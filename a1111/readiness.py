@@ -23,7 +23,7 @@ from typing import Any
 import requests
 
 from a1111.supervisor import Supervisor
-from schemas.errors import A1111Unavailable, OutOfMemory
+from schemas.errors import A1111Unavailable, JobTimeout, OutOfMemory
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,12 @@ def cold_start(settings: Settings) -> dict[str, Any]:
     return {"ready": st.ready, **st.cold.as_dict()}
 
 
-def ensure_ready(client: Any, settings: Settings, supervisor: Supervisor | None = None) -> None:
+def ensure_ready(client: Any, settings: Settings, supervisor: Supervisor | None = None, *,
+                 deadline: float | None = None) -> None:
     """Return when A1111 is ready; raise A1111Unavailable otherwise (see module doc).
 
+    ``deadline`` (a ``time.monotonic()`` value) is the job's own time limit: reaching it
+    first fails the job with JobTimeout while A1111 goes on starting for the next job.
     ``client`` (the job's A1111Client) is accepted for interface symmetry; the probes use
     their own short timeouts and no retries, because polling must be fast and cheap.
     """
@@ -116,7 +119,7 @@ def ensure_ready(client: Any, settings: Settings, supervisor: Supervisor | None 
         if st.ready:
             _check_alive(sup)
             return
-        _wait_until_ready(st, settings, sup)
+        _wait_until_ready(st, settings, sup, deadline)
 
 
 def _check_alive(sup: Supervisor) -> None:
@@ -134,7 +137,7 @@ def _died(sup: Supervisor, what: str) -> A1111Unavailable:
     )
 
 
-def _wait_until_ready(st: _State, settings: Settings, sup: Supervisor) -> None:
+def _wait_until_ready(st: _State, settings: Settings, sup: Supervisor, job_deadline: float | None) -> None:
     now_wall = time.time()
     launched = sup.started_at()
     if launched is None:
@@ -148,6 +151,9 @@ def _wait_until_ready(st: _State, settings: Settings, sup: Supervisor) -> None:
     late = now_wall >= deadline_wall
     # Work against the monotonic clock from here on.
     deadline = time.monotonic() + (LATE_GRACE_S if late else deadline_wall - now_wall)
+    job_first = job_deadline is not None and job_deadline < deadline
+    if job_first:
+        deadline = job_deadline
     url = settings.a1111_url
     phase = "API answering"
     last_error = "no answer yet"
@@ -170,6 +176,11 @@ def _wait_until_ready(st: _State, settings: Settings, sup: Supervisor) -> None:
                 _mark(st, "warm", launched_ref)
         except _NotYet as exc:
             last_error = str(exc) or last_error
+            if job_first:
+                raise JobTimeout(
+                    f"the job reached its time limit (JOB_TIMEOUT={settings.job_timeout_s:g} s) while A1111 "
+                    f"was still starting (waiting for: {phase}); later jobs keep waiting for it"
+                ) from None
             raise _not_ready(settings, sup, phase, last_error, late) from None
     st.ready = True
     c = st.cold

@@ -246,3 +246,19 @@ def test_ready_on_forge(monkeypatch, forge_replay, tmp_path, live_child):
     readiness.ensure_ready(None, settings, _supervisor(tmp_path, live_child.pid))
     assert len(forge_replay.sent("POST", "/sdapi/v1/txt2img")) == 1
     assert readiness.cold_start(settings)["ready"] is True
+
+
+def test_job_deadline_before_ready_is_a_timeout_and_start_up_goes_on(monkeypatch, tmp_path, live_child):
+    from schemas.errors import JobTimeout
+
+    port = _free_port()
+    settings = _settings(monkeypatch, f"http://127.0.0.1:{port}", timeout=30)
+    sup = _supervisor(tmp_path, live_child.pid)
+    t0 = time.monotonic()
+    with pytest.raises(JobTimeout) as info:
+        readiness.ensure_ready(None, settings, sup, deadline=time.monotonic() + 0.5)
+    assert time.monotonic() - t0 < 1.5
+    assert "still starting" in info.value.message and error_result(info.value)["error_type"] == "timeout"
+    with ReplayServer("a1111", port=port):
+        readiness.ensure_ready(None, settings, sup, deadline=time.monotonic() + 10)  # the next job: ready
+    assert readiness.cold_start(settings)["ready"] is True
