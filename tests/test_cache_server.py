@@ -12,6 +12,7 @@ Everything it was asked is recorded, and the body bytes it sent are counted per 
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections import defaultdict
@@ -112,6 +113,10 @@ class ModelServer:
                 behaviour = route.behaviours[0]
                 if not head and len(route.behaviours) > 1:
                     route.behaviours.pop(0)
+        if path == "/_stats":  # for bench/download.py, which runs the server in another process
+            with self.lock:
+                stats = {"sent": dict(self.sent), "gets": sum(1 for s in self.seen if s.method == "GET")}
+            return self._send_plain(h, 200, json.dumps(stats).encode(), "application/json", {})
         if route is None:
             return self._send_plain(h, 404, b'{"error":"Not Found"}', "application/json",
                                     {"X-Error-Code": "EntryNotFound"} if "/resolve/" in path else {})
