@@ -169,7 +169,7 @@ class ModelCache:
     def _fetch(self, req: ModelRequest, folder: Path, what: str) -> tuple[Fetched, dict]:
         """Download (or convert from the volume) into a hidden part file in ``folder``."""
         src = req.source or {}
-        part = folder / f".{req.file or source_key(src)}.part"
+        part = folder / req.part_name
         allow_private = self.settings.download_allow_private
         if req.source is None:  # a catalog conversion from a file on the volume
             original = self._find_original(req)

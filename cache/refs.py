@@ -30,6 +30,13 @@ class ModelRequest:
     stem_only: bool = False   # a bare stem on the volume: any model extension matches
 
     @property
+    def part_name(self) -> str:
+        """The hidden in-progress file beside the target. It names the source too, so a part
+        left by a crash is only ever resumed from the same source."""
+        src = hashlib.sha256(source_key(self.source).encode()).hexdigest()[:8]
+        return f".{self.file or source_key(self.source)}.{src}.part"
+
+    @property
     def key(self) -> str:
         """Stable identity for the per-download lock and the registry's source lookup."""
         if self.file:

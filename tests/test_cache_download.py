@@ -12,7 +12,7 @@ import pytest
 
 from cache import ModelCache
 from cache.catalog import Catalog
-from cache.refs import url_file_name
+from cache.refs import parse_ref, url_file_name
 from schemas.errors import DownloadFailed, ModelNotFound, ValidationFailed
 from schemas.settings import Settings
 from tests.test_cache_server import ModelServer, safetensors_bytes
@@ -147,11 +147,12 @@ def test_full_disk_is_reported_and_cleaned_up(models_dir):
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full")
     with ModelServer() as srv:
-        url = srv.add("/big.safetensors", safetensors_bytes(seed=7))
-        (models_dir / "loras/.full_disk.safetensors.part").symlink_to("/dev/full")
+        ref = {"url": srv.add("/big.safetensors", safetensors_bytes(seed=7)), "name": "full_disk"}
+        part = models_dir / "loras" / parse_ref("lora", ref, None).part_name
+        part.symlink_to("/dev/full")
         with pytest.raises(DownloadFailed, match="disk is full"):
-            make_cache().ensure("lora", {"url": url, "name": "full_disk"})
-    assert not (models_dir / "loras/.full_disk.safetensors.part").is_symlink()
+            make_cache().ensure("lora", ref)
+    assert not part.is_symlink()
     assert leftovers(models_dir) == []
 
 
@@ -344,3 +345,15 @@ def test_prefetch_reports_every_failure_and_what_was_placed(models_dir):
     assert result["error_type"] == "download_failed" and "2 of 3" in result["error"]
     assert [m["path"] for m in result["models"]] == ["loras/ok.safetensors"]
     assert {d["error_type"] for d in result["details"]} == {"model_not_found", "download_failed"}
+
+
+def test_part_left_by_a_crashed_worker_is_resumed(models_dir):
+    data = safetensors_bytes(size=400_000, seed=20)
+    with ModelServer() as srv:
+        ref = {"url": srv.add("/crash.safetensors", data), "name": "after_crash"}
+        (models_dir / "loras" / parse_ref("lora", ref, None).part_name).write_bytes(data[:150_000])
+        placed = make_cache().ensure("lora", ref)
+        assert srv.gets("/crash.safetensors")[0].headers["Range"] == "bytes=150000-"
+        assert srv.sent["/crash.safetensors"] == len(data) - 150_000
+    assert placed.sha256 == hashlib.sha256(data).hexdigest()
+    assert leftovers(models_dir) == ["loras/after_crash.safetensors"]
