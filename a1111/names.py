@@ -317,13 +317,17 @@ class _Resolver:
             self._cache = ModelCache(self.settings, self.catalog)
         return self._cache
 
-    def catalog_entry(self, ref: str) -> Any:
+    def catalog_entry(self, ref: str, kind: str | None = None) -> Any:
+        """The catalog entry for an id / file name / stem (of ``kind`` when given)."""
         if self.catalog is None:
             return None
         try:
-            return self.catalog.get(ref)
+            entry = self.catalog.get(ref)
         except Exception:  # noqa: BLE001 - a broken catalog must not hide the real problem
             return None
+        if entry is not None and kind is not None and getattr(entry, "kind", kind) != kind:
+            return None
+        return entry
 
     def catalog_ids(self, kind: str) -> list[str]:
         if self.catalog is None:
@@ -401,8 +405,8 @@ class _Resolver:
 
     def _listed_checkpoint(self, ref: str) -> tuple[str, str] | None:
         names = [ref]
-        entry = self.catalog_entry(ref)
-        if entry is not None and getattr(entry, "kind", "checkpoint") == "checkpoint":
+        entry = self.catalog_entry(ref, "checkpoint")
+        if entry is not None:
             names.insert(0, Path(entry.file).name)
         for fresh in (False, True):
             listed = self.lists.checkpoints(fresh=fresh)
@@ -415,7 +419,7 @@ class _Resolver:
     def _place_or_unknown(self, kind: str, ref: str | Source, fld: str, listed: list[str]) -> Any | None:
         before = len(self.problems)
         placed = self.place(kind, ref, fld)
-        if placed is None and isinstance(ref, str) and self.catalog_entry(ref) is None and all(
+        if placed is None and isinstance(ref, str) and self.catalog_entry(ref, kind) is None and all(
                 p.get("error_type") == "model_not_found" for p in self.problems[before:]):
             # A plain name nobody knows: the useful message is the suggestion, not the cache's.
             del self.problems[before:]
@@ -467,7 +471,7 @@ class _Resolver:
             return self.lists.families[title]
         family = None
         for key in (title, _strip_hash(title), stem):
-            entry = self.catalog_entry(key)
+            entry = self.catalog_entry(key, "checkpoint")
             if entry is not None and getattr(entry, "family", None):
                 family = entry.family
                 break
@@ -483,7 +487,7 @@ class _Resolver:
             entry = None
             listed_entry = None
             if isinstance(ref, str):
-                entry = self.catalog_entry(ref)
+                entry = self.catalog_entry(ref, "lora")
                 names = ([Path(entry.file).stem] if entry is not None else []) + [ref]
                 for fresh in (False, True):
                     listed = self.lists.loras(fresh=fresh)
@@ -497,9 +501,9 @@ class _Resolver:
                 listed_entry = find_lora(placed.name, self.lists.loras())
                 if listed_entry is None:
                     continue
-                entry = entry or self.catalog_entry(placed.name)
+                entry = entry or self.catalog_entry(placed.name, "lora")
             name = str(listed_entry.get("name"))
-            entry = entry or self.catalog_entry(name)
+            entry = entry or self.catalog_entry(name, "lora")
             if weight is None:
                 rec = getattr(entry, "recommended_weight", None) if entry is not None else None
                 weight = float(rec) if rec is not None else 1.0
@@ -532,7 +536,7 @@ class _Resolver:
             fld = f"embeddings[{i}]"
             key = None
             if isinstance(ref, str):
-                entry = self.catalog_entry(ref)
+                entry = self.catalog_entry(ref, "embedding")
                 names = ([Path(entry.file).stem] if entry is not None else []) + [ref]
                 for fresh in (False, True):
                     listed = self.lists.embeddings(fresh=fresh)

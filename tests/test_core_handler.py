@@ -329,6 +329,8 @@ CATALOG = [
      "recommended_weight": 0.6, "description": "recorded SD1.5 test LoRA"},
     {"id": "xl_base", "kind": "checkpoint", "file": "sd_xl_base_1.0.safetensors", "family": "sdxl", "source": None,
      "description": "SDXL base"},
+    {"id": "hand_made", "kind": "lora", "file": "hand_made.safetensors", "family": "sd15", "source": None,
+     "description": "no public source: placed by hand"},
 ]
 
 
@@ -387,3 +389,10 @@ def test_catalog_family_refuses_a_mismatched_lora(monkeypatch, tmp_path, models_
         assert srv.sent("POST", TXT2IMG) == []
     finally:
         srv.stop()
+
+
+def test_catalog_model_without_source_says_where_to_put_it(catalog_worker):
+    out = run({"prompt": "a cat", "loras": [{"name": "hand_made", "weight": 1}]})
+    assert out["error_type"] == "model_not_found", out
+    assert "hand_made" in out["error"] and "loras/hand_made.safetensors" in out["error"]
+    assert catalog_worker.sent("POST", TXT2IMG) == []
