@@ -585,18 +585,24 @@ class _Resolver:
         props = schema.get("properties") or {}
         from jsonschema import Draft4Validator, Draft202012Validator  # only needed for the escape hatch
         from referencing import Registry, Resource
+        from referencing.jsonschema import DRAFT4, DRAFT202012
 
-        registry = Registry().with_resource("", Resource.opaque(schema_doc))
         # OpenAPI 3.0 (A1111) schemas follow draft 4, where 0.0 is not an "integer"; 3.1 (Forge) is 2020-12.
         modern = str(schema_doc.get("openapi", "")).startswith("3.1")
         validator_cls = Draft202012Validator if modern else Draft4Validator
+        # Each property is validated through a $ref into the whole document, so any "#/components/..."
+        # reference inside it resolves.
+        uri = "urn:a1111-openapi"
+        registry = Registry().with_resource(uri, Resource(contents=schema_doc, specification=(
+            DRAFT202012 if modern else DRAFT4)))
         for key, value in extra.items():
             fld = f"a1111.{key}"
             if key not in props:
                 self.problems.append({"field": fld, "message": f"'{key}' is not an A1111 txt2img field; "
                                                                f"{_did_you_mean(key, sorted(props))}"})
                 continue
-            validator = validator_cls(props[key], registry=registry)
+            pointer = f"#/components/schemas/{TXT2IMG_SCHEMA}/properties/{key}"
+            validator = validator_cls({"$ref": uri + pointer}, registry=registry)
             errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
             if errors:
                 self.problems.append({"field": fld, "message": f"a1111.{key}: {errors[0].message[:200]}"})
