@@ -94,6 +94,13 @@ def map_error(method: str, path: str, status: int, body: Any) -> WorkerError:
                                    "try a smaller size or batch, the worker will be restarted",
                                    status=status)
             msg = f"{error}: {text}" if text else error
+            if error == "AttributeError" and "sd_checkpoint_info" in text:
+                # Forge after a failed (re)load: sd_model stays None and every later request fails
+                # the same way (recordings forge/stuck_*); only a fresh process is sure to recover.
+                stuck = A1111Error(f"A1111 failed on {where} (HTTP {status}): {msg[:300]}; the backend is stuck "
+                                   "after a failed model load, so the worker will be restarted", status=status)
+                stuck.refresh_worker = True
+                return stuck
             return A1111Error(f"A1111 failed on {where} (HTTP {status}): {msg[:500]}", status=status)
         if isinstance(detail, str):  # plain FastAPI HTTPException (Forge) or routing 404/405
             if status == 404 and detail == "Not Found":
@@ -132,8 +139,9 @@ class A1111Client:
             return self.session.post(url, json=json_body, timeout=timeout)
 
         def retryable(exc: BaseException) -> bool:
-            if retry_any_connection_error:
-                return isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.ReadTimeout)
+            if retry_any_connection_error:  # a body cut off mid-answer is a connection failure too
+                return isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError) \
+                    and not isinstance(exc, requests.ReadTimeout)
             return _not_sent(exc)
 
         retrying = Retrying(
@@ -168,7 +176,7 @@ class A1111Client:
                 raise A1111Unavailable(f"A1111 at {self.base_url} does not accept connections "
                                        f"({method} {path}: connect timeout)") from None
             raise A1111Unavailable(f"A1111 did not answer {method} {path} within {read:g} s") from None
-        except requests.ConnectionError as exc:
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             raise A1111Unavailable(f"A1111 at {self.base_url} is not answering ({method} {path}: "
                                    f"{type(exc).__name__})") from None
         return self._decode(method, path, resp)
@@ -206,6 +214,9 @@ class A1111Client:
             if _not_sent(exc):
                 raise A1111Unavailable(f"A1111 at {self.base_url} is not answering (txt2img not sent)") from None
             raise A1111Unavailable("A1111 closed the connection during txt2img (did the process die?)") from None
+        except requests.exceptions.ChunkedEncodingError:  # the answer broke off after its headers
+            raise A1111Unavailable("A1111 closed the connection while sending the txt2img answer "
+                                   "(did the process die?)") from None
         body = self._decode("POST", TXT2IMG, resp)
         with self._lock:
             interrupted = self._interrupts != interrupts_before
