@@ -17,7 +17,7 @@ from a1111.client import A1111Client, map_error
 from handler import handler
 from schemas.errors import A1111Error, A1111Unavailable, JobTimeout, OutOfMemory, error_result
 from tests.replay import ReplayServer, recordings
-from tests.test_core_handler import start_worker
+from tests.test_core_handler import start_worker, stop_and_check
 
 TXT2IMG = "/sdapi/v1/txt2img"
 PAYLOAD = {"prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 1}
@@ -164,7 +164,7 @@ def test_handler_job_timeout(backend, monkeypatch, tmp_path, models_dir):
         assert "images" not in out
         assert len(srv.sent("POST", "/sdapi/v1/interrupt")) == 1
     finally:
-        srv.stop()
+        stop_and_check(srv)
 
 
 @pytest.mark.parametrize("folder", ["a1111", "forge"])

@@ -43,16 +43,20 @@ def start_worker(backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, 
     return srv
 
 
+def stop_and_check(srv: ReplayServer) -> None:
+    """Stop the server; every txt2img body it received must conform to the recorded schema."""
+    srv.stop()
+    for body in srv.sent("POST", TXT2IMG):
+        assert_txt2img_conforms(body, "forge" if srv.backend == "forge" else "a1111")
+
+
 @pytest.fixture(params=["a1111", "forge"])
 def worker(request, monkeypatch, tmp_path, models_dir) -> Iterator[ReplayServer]:
     srv = start_worker(request.param, monkeypatch, tmp_path, models_dir)
     try:
         yield srv
     finally:
-        srv.stop()
-    backend = "forge" if request.param == "forge" else "a1111"
-    for body in srv.sent("POST", TXT2IMG):
-        assert_txt2img_conforms(body, backend)
+        stop_and_check(srv)
 
 
 def run(inp: dict) -> dict:
@@ -271,9 +275,7 @@ def sdxl_worker(monkeypatch, tmp_path, models_dir) -> Iterator[ReplayServer]:
     try:
         yield srv
     finally:
-        srv.stop()
-    for body in srv.sent("POST", TXT2IMG):
-        assert_txt2img_conforms(body, "a1111")
+        stop_and_check(srv)
 
 
 def _sdxl_checkpoint_file(models_dir: Path) -> None:
@@ -342,9 +344,7 @@ def catalog_worker(request, monkeypatch, tmp_path, models_dir) -> Iterator[Repla
     try:
         yield srv
     finally:
-        srv.stop()
-    for body in srv.sent("POST", TXT2IMG):
-        assert_txt2img_conforms(body, "forge" if request.param == "forge" else "a1111")
+        stop_and_check(srv)
 
 
 def test_catalog_ids_and_recommended_weight(catalog_worker):
@@ -375,7 +375,7 @@ def test_catalog_default_missing_falls_back_to_the_loaded_checkpoint(monkeypatch
         assert only_txt2img(srv)["override_settings"]["sd_model_checkpoint"] == "model_a.safetensors"
         assert any("deliberate_v6" in w and "model_a.safetensors" in w for w in out["warnings"])
     finally:
-        srv.stop()
+        stop_and_check(srv)
 
 
 def test_catalog_family_refuses_a_mismatched_lora(monkeypatch, tmp_path, models_dir):
@@ -388,7 +388,7 @@ def test_catalog_family_refuses_a_mismatched_lora(monkeypatch, tmp_path, models_
         assert "detail_tweaker" in out["error"] and "SDXL" in out["error"]
         assert srv.sent("POST", TXT2IMG) == []
     finally:
-        srv.stop()
+        stop_and_check(srv)
 
 
 def test_catalog_model_without_source_says_where_to_put_it(catalog_worker):

@@ -16,8 +16,7 @@ import pytest
 from safetensors.numpy import save
 
 from handler import handler
-from tests.contract import assert_txt2img_conforms
-from tests.test_core_handler import TXT2IMG, start_worker, write_catalog
+from tests.test_core_handler import TXT2IMG, start_worker, stop_and_check, write_catalog
 
 trustme = pytest.importorskip("trustme")
 pytest.importorskip("cache")
@@ -72,9 +71,7 @@ def worker(request, monkeypatch, tmp_path, models_dir):
     srv = start_worker(request.param, monkeypatch, tmp_path, models_dir)
     srv.models_dir = models_dir  # list routes also list the files placed there
     yield srv
-    srv.stop()
-    for body in srv.sent("POST", TXT2IMG):
-        assert_txt2img_conforms(body, "forge" if request.param == "forge" else "a1111")
+    stop_and_check(srv)
 
 
 def test_lora_from_url_is_placed_refreshed_and_tagged(worker, files, models_dir):
@@ -110,7 +107,7 @@ def test_url_lora_of_another_family_is_refused_after_placing(files, monkeypatch,
         assert "sd15_lora" in out["error"] and "SD1.5" in out["error"] and "SDXL" in out["error"]
         assert srv.sent("POST", TXT2IMG) == []
     finally:
-        srv.stop()
+        stop_and_check(srv)
 
 
 def test_missing_download_is_a_clear_error_without_txt2img(worker, files):

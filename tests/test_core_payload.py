@@ -223,3 +223,15 @@ def test_combine_labels_steps():
     assert both["images"] == one["images"] + two["images"]
     assert both["timings"]["generate_s"] == 3.0
     assert set(both["parameters"]) == {"preview", "final"}
+
+
+@pytest.mark.parametrize("backend", ["a1111", "forge"])
+def test_contract_check_catches_what_a1111_would_drop_or_refuse(backend):
+    assert txt2img_problems({"prompt": "x", "steps": 20}, backend) == []
+    problems = txt2img_problems({"prompt": "x", "steps": "20", "guidance_scale": 7, "override_settings": []},
+                                backend)
+    assert [p.split(":")[0] for p in problems] == ["override_settings", "steps", "guidance_scale"]
+    # Forge-only fields are not in A1111's schema
+    assert txt2img_problems({"prompt": "x", "hr_additional_modules": ["Use same choices"]}, backend) == (
+        [] if backend == "forge" else
+        ["hr_additional_modules: not a field of the a1111 txt2img schema (it would be dropped silently)"])
