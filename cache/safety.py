@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from schemas.errors import ValidationFailed
+from schemas.errors import DownloadFailed, ValidationFailed
 
 SAFE_EXTS = (".safetensors",)
 PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")
@@ -80,8 +80,9 @@ def check_url(url: str, *, allow_private: bool) -> None:
     try:
         infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
                                    proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:
-        raise ValidationFailed(f"download host {parts.hostname!r} cannot be resolved ({exc.strerror})") from None
+    except socket.gaierror as exc:  # a network problem, not a bad request
+        raise DownloadFailed(f"download host {parts.hostname!r} cannot be resolved ({exc.strerror}); check the "
+                             "worker's network or the URL") from None
     for info in infos:
         if _blocked_address(str(info[4][0])):
             raise ValidationFailed(f"download host {parts.hostname!r} is a loopback, private or link-local address; "
