@@ -37,6 +37,7 @@ import trustme
 from safetensors.numpy import save
 
 from a1111.names import LiveLists
+from cache.refs import parse_ref
 from handler import handler
 from tests.replay import ReplayServer
 
@@ -110,11 +111,33 @@ def _start_replay_process(tmp_path: Path, port: int, delay: float) -> subprocess
     raise AssertionError("replay process did not start")
 
 
+def _kill_during_generation(proc: subprocess.Popen, port: int, nth: int) -> None:
+    """SIGKILL ``proc`` once its ``nth`` generation is under way (seen through /sdapi/v1/progress)."""
+    import requests
+
+    seen, busy, deadline = 0, False, time.monotonic() + 30
+    with requests.Session() as http:
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                state = http.get(f"http://127.0.0.1:{port}/sdapi/v1/progress", timeout=2).json()["state"]
+            except (requests.RequestException, ValueError, KeyError):
+                state = {}
+            now_busy = bool(state.get("job_count"))
+            if now_busy and not busy:
+                seen += 1
+                if seen == nth:
+                    time.sleep(0.3)
+                    proc.send_signal(signal.SIGKILL)
+                    return
+            busy = now_busy
+            time.sleep(0.05)
+
+
 def test_a1111_process_dies_mid_generation(monkeypatch, models_dir, tmp_path):
     """A1111 (a replay server in its own process, supervised through the pid file start.sh
     writes) is killed with SIGKILL while it generates: the connection closes mid-request."""
     port = free_port()
-    proc = _start_replay_process(tmp_path, port, delay=10)
+    proc = _start_replay_process(tmp_path, port, delay=3)
     try:
         (tmp_path / "a1111.pid").write_text(str(proc.pid))
         monkeypatch.setenv("A1111_URL", f"http://127.0.0.1:{port}")
@@ -122,12 +145,13 @@ def test_a1111_process_dies_mid_generation(monkeypatch, models_dir, tmp_path):
         monkeypatch.setenv("A1111_READY_TIMEOUT", "20")
         monkeypatch.setenv("A1111_PID_FILE", str(tmp_path / "a1111.pid"))
         monkeypatch.setenv("A1111_LOG_FILE", str(tmp_path / "a1111.log"))
-        # The warm-up generation also takes 10 s here; after it, kill during the real job.
-        killer = threading.Timer(12.0, proc.send_signal, args=(signal.SIGKILL,))
+        # Every generation takes 3 s here, the readiness warm-up too: kill during the second one.
+        killer = threading.Thread(target=_kill_during_generation, args=(proc, port, 2), daemon=True)
         killer.start()
         t0 = time.monotonic()
         out = run()
-        killer.cancel()
+        killer.join(timeout=5)
+        assert proc.poll() is not None, "the A1111 stand-in was killed mid-generation"
         assert out["error_type"] == "a1111_unavailable", out
         assert out.get("refresh_worker") is True, "a dead A1111 means a broken worker"
         assert "log_tail" in out and any("replay A1111" in line for line in out["log_tail"]), out
@@ -431,11 +455,13 @@ def test_full_disk_during_download_dev_full(dl_env, files_server, models_dir):
     base, files = files_server
     files.files["/big_lora.safetensors"] = (200, "application/octet-stream", _lora_bytes(), None)
     files.files["/small_lora.safetensors"] = (200, "application/octet-stream", _lora_bytes(), None)
-    (models_dir / "loras" / ".big_lora.safetensors.part").symlink_to("/dev/full")
-    big = run({"action": "prefetch", "loras": [{"url": f"{base}/big_lora.safetensors", "name": "big_lora"}]})
+    ref = {"url": f"{base}/big_lora.safetensors", "name": "big_lora"}
+    part = models_dir / "loras" / parse_ref("lora", ref, None).part_name  # where the cache streams it
+    part.symlink_to("/dev/full")
+    big = run({"action": "prefetch", "loras": [ref]})
     small = run({"action": "prefetch", "loras": [{"url": f"{base}/small_lora.safetensors", "name": "small_lora"}]})
     _check_disk_results([big, small], models_dir)
-    assert not (models_dir / "loras" / ".big_lora.safetensors.part").is_symlink(), "the part was removed"
+    assert not part.is_symlink(), "the part was removed"
     assert not (models_dir / "loras" / "big_lora.safetensors").exists()
     assert_volume_clean(models_dir)
 
