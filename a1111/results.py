@@ -71,6 +71,10 @@ def package(response: dict[str, Any], payload: dict[str, Any], resolved: Resolve
     ran_sampler = info.get("sampler_name")
     if ran_sampler and ran_sampler != resolved.sampler:
         notes.append(f"A1111 reports sampler '{ran_sampler}', not the requested '{resolved.sampler}'")
+    extra = info.get("extra_generation_params") if isinstance(info.get("extra_generation_params"), dict) else {}
+    ran_schedule = extra.get("Schedule type")
+    if ran_schedule and resolved.scheduler != "Automatic" and ran_schedule != resolved.scheduler:
+        notes.append(f"A1111 reports schedule type '{ran_schedule}', not the requested '{resolved.scheduler}'")
     if len(images) - first < generated:
         notes.append(f"A1111 returned {len(images) - first} images for {generated} seeds")
     out: dict[str, Any] = {

@@ -235,3 +235,10 @@ def test_contract_check_catches_what_a1111_would_drop_or_refuse(backend):
     assert txt2img_problems({"prompt": "x", "hr_additional_modules": ["Use same choices"]}, backend) == (
         [] if backend == "forge" else
         ["hr_additional_modules: not a field of the a1111 txt2img schema (it would be dropped silently)"])
+
+
+def test_package_checks_the_schedule_type_a1111_reports():
+    resp = A["txt2img_sampler_dpmpp2m_scheduler_karras"]["response"]["json"]
+    assert package(resp, {}, resolved(scheduler="Karras"))["warnings"] == []
+    out = package(resp, {}, resolved(scheduler="Exponential"))
+    assert out["warnings"] == ["A1111 reports schedule type 'Karras', not the requested 'Exponential'"]
