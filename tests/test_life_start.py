@@ -56,17 +56,21 @@ def _env(tmp_path: Path, *, standin: str = "", ready_timeout: float = 20, volume
     return env
 
 
-def _driver(tmp_path: Path, jobs: list[dict], pause_before: dict[int, float] | None = None) -> str:
-    """A handler command: run these jobs through handler.handler, print each result as JSON."""
+def _driver(tmp_path: Path, jobs: list[dict], wait_for_a1111_exit_before: int | None = None) -> str:
+    """A handler command: run these jobs through handler.handler, print each result as JSON
+    (optionally waiting, before job N, until the A1111 process start.sh launched has exited)."""
     script = tmp_path / "drive.py"
     script.write_text(textwrap.dedent(f"""
-        import json, sys, time
+        import json, os, sys, time
         sys.path.insert(0, {str(ROOT)!r})
         from handler import handler
+        from a1111.supervisor import Supervisor
         jobs = json.loads({json.dumps(json.dumps(jobs))})
-        pauses = {json.dumps({str(k): v for k, v in (pause_before or {}).items()})}
         for i, job in enumerate(jobs):
-            time.sleep(pauses.get(str(i), 0))
+            if i == {wait_for_a1111_exit_before!r}:
+                end = time.monotonic() + 30
+                while Supervisor.from_env().alive() and time.monotonic() < end:
+                    time.sleep(0.05)
             t0 = time.monotonic()
             result = handler(job)
             print("RESULT " + json.dumps({{"elapsed": time.monotonic() - t0, "result": result}}), flush=True)
@@ -177,9 +181,9 @@ def test_never_ready_fails_clearly_at_the_deadline(tmp_path):
 
 
 def test_standin_death_fails_the_next_job_at_once_with_log_tail(tmp_path):
-    # The stand-in serves for 4 s, then exits with status 1 (A1111 crashing).
+    # The stand-in serves for 6 s, then exits with status 1 (A1111 crashing).
     jobs = [JOB, {**JOB, "id": "job-2"}]
-    env = _env(tmp_path, standin="--exit-after 4", HANDLER_CMD=_driver(tmp_path, jobs, pause_before={1: 6}))
+    env = _env(tmp_path, standin="--exit-after 6", HANDLER_CMD=_driver(tmp_path, jobs, wait_for_a1111_exit_before=1))
     proc = subprocess.run(["bash", str(START)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     first, second = _results(proc.stdout)
     assert "error" not in first["result"], first
