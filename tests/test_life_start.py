@@ -143,11 +143,14 @@ def test_serves_a_job_once_the_standin_is_ready_and_passes_loopback_flags(tmp_pa
 
 
 def test_test_input_json_works_as_shipped(tmp_path):
-    env = _env(tmp_path)
+    env = _env(tmp_path, A1111_LOG_ECHO="1")  # as in the image: A1111's output also goes to the container log
     proc = subprocess.run(["bash", str(START)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "Using test_input.json as job input." in out and "completed successfully" in out
+    serving = f"replay A1111 (a1111) serving on http://127.0.0.1:{env['A1111_PORT']}"
+    assert serving in proc.stderr
+    assert serving in Path(env["A1111_STATE_DIR"], "a1111.log").read_text()
 
 
 def test_extra_args_and_no_volume_fallback_with_warning(tmp_path):
