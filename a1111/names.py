@@ -403,12 +403,12 @@ class _Resolver:
         entry = find_checkpoint(placed.name, self.lists.checkpoints())
         return (str(entry["title"]), _stem(entry)) if entry else None
 
-    def _listed_checkpoint(self, ref: str) -> tuple[str, str] | None:
+    def _listed_checkpoint(self, ref: str, *, reread: bool = True) -> tuple[str, str] | None:
         names = [ref]
         entry = self.catalog_entry(ref, "checkpoint")
         if entry is not None:
             names.insert(0, Path(entry.file).name)
-        for fresh in (False, True):
+        for fresh in (False, True) if reread else (False,):
             listed = self.lists.checkpoints(fresh=fresh)
             for n in names:
                 found = find_checkpoint(n, listed)
@@ -434,7 +434,9 @@ class _Resolver:
             except Exception:  # noqa: BLE001
                 entry = None
         if entry is not None:
-            found = self._listed_checkpoint(entry.id)
+            # Cached list only: a default that is absent stays absent until placed (then
+            # find_local sees it and the list is refreshed), so no re-read for every job.
+            found = self._listed_checkpoint(entry.id, reread=False)
             if found:
                 return found
             local = None

@@ -374,6 +374,11 @@ def test_catalog_default_missing_falls_back_to_the_loaded_checkpoint(monkeypatch
         assert "error" not in out, out
         assert only_txt2img(srv)["override_settings"]["sd_model_checkpoint"] == "model_a.safetensors"
         assert any("deliberate_v6" in w and "model_a.safetensors" in w for w in out["warnings"])
+        # the next job asks A1111 for nothing but the generation (lists and loaded model are cached)
+        srv.reset_requests()
+        out = run({"prompt": "a photo of a cat", "sampler_name": "Euler"})
+        assert "error" not in out, out
+        assert [(r.method, r.path) for r in srv.requests if r.path != "/sdapi/v1/progress"] == [("POST", TXT2IMG)]
     finally:
         stop_and_check(srv)
 
