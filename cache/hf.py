@@ -53,8 +53,13 @@ def fetch_hf(repo: str, file: str, revision: str | None, staging: Path, *, what:
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+    from huggingface_hub.utils import disable_progress_bars
 
+    disable_progress_bars()  # a progress bar per MB floods the worker's log
     cfg = cfg or DownloadConfig.from_env()
+    # huggingface-hub already retries the metadata call with backoff and resumes a broken
+    # body itself; our loop only covers what escapes that, so it stays short.
+    attempts = min(2, cfg.attempts)
     base = endpoint()
     check_url(f"{base}/{repo}/resolve/{revision or 'main'}/{file}", allow_private=allow_private)
     token = os.environ.get("HF_TOKEN") or None
@@ -100,14 +105,14 @@ def fetch_hf(repo: str, file: str, revision: str | None, staging: Path, *, what:
 
     try:
         path = Retrying(
-            stop=stop_after_attempt(cfg.attempts),
+            stop=stop_after_attempt(attempts),
             wait=wait_exponential(multiplier=cfg.backoff_s, max=cfg.backoff_max_s),
             retry=retry_if_exception_type(_Transient),
             before_sleep=lambda rs: log.info("download of %s: %s; retrying", what, rs.outcome.exception()),
         )(attempt)
     except RetryError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise DownloadFailed(f"{what}: downloading {shown} from {base} failed after {cfg.attempts} attempts: "
+        raise DownloadFailed(f"{what}: downloading {shown} from {base} failed after {attempts} attempts: "
                              f"{exc.last_attempt.exception()}") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

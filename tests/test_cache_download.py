@@ -229,6 +229,18 @@ def test_hugging_face_download_through_huggingface_hub(models_dir, monkeypatch):
     assert leftovers(models_dir) == ["checkpoints/Deliberate_v6.safetensors"]  # staging removed
 
 
+def test_hugging_face_truncated_body_is_resumed(models_dir, monkeypatch):
+    data = safetensors_bytes(size=2_000_000, seed=21)
+    with ModelServer() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_HOME", str(models_dir.parent / "hf-home"))
+        hub.add_hf("owner/big", "big.safetensors", data, behaviours=["truncate", "ok"])
+        placed = make_cache().ensure("checkpoint", {"hf": "owner/big", "file": "big.safetensors"})
+        assert len(hub.gets("/owner/big/resolve/main/big.safetensors")) == 2
+    assert placed.sha256 == hashlib.sha256(data).hexdigest()
+    assert leftovers(models_dir) == ["checkpoints/big.safetensors"]
+
+
 def test_hugging_face_revision_and_token(models_dir, monkeypatch):
     data = safetensors_bytes(seed=12)
     monkeypatch.setenv("HF_TOKEN", "hf_secret_token_42")
