@@ -31,7 +31,7 @@ CONVERTERS = ("sdxl_ti_trainer",)
 class CatalogError(WorkerError):
     """models.json is unreadable or inconsistent (an operator error, reported clearly)."""
 
-    error_type = "internal"  # the operator's configuration, not the caller's input
+    error_type = "catalog"  # the operator's models.json, not the caller's input
 
 
 @dataclass(frozen=True)
