@@ -65,8 +65,9 @@ def _blocked_address(addr: str) -> bool:
     ip = ipaddress.ip_address(addr.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
+    # not is_global also covers what is_private misses, e.g. 100.64.0.0/10 (carrier-grade NAT).
     return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_multicast
-            or ip.is_unspecified)
+            or ip.is_unspecified or not ip.is_global)
 
 
 def check_url(url: str, *, allow_private: bool) -> None:
