@@ -134,6 +134,8 @@ class Registry:
         with lease(self.root, "registry", timeout=timeout, what="the cache registry"):
             entries = self._load()
             if entries is None:
+                if self.path.exists():  # keep the unreadable one for a post-mortem, then start afresh
+                    os.replace(self.path, self.path.with_name(REGISTRY_FILE + ".corrupt"))
                 entries = scan(self.root, self.kind_dirs)
             else:
                 # Files removed by hand since the last write disappear from the registry.

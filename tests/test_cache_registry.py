@@ -39,6 +39,7 @@ def test_corrupt_registry_is_rebuilt_by_scanning(models_dir, content):
     assert set(entries) == {"loras/kept.safetensors", "checkpoints/base.safetensors"}
     assert entries["loras/kept.safetensors"]["uses"] == 1
     assert entries["checkpoints/base.safetensors"]["kind"] == "checkpoint"
+    assert (models_dir / "cache_registry.json.corrupt").read_bytes() == content
 
 
 def test_missing_registry_reads_as_a_scan(models_dir):
