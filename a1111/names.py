@@ -347,8 +347,9 @@ class _Resolver:
         except ModelNotFound as exc:
             self.problems.append({"field": fld, "message": exc.message, "error_type": "model_not_found"})
             return None
-        except DownloadFailed:
-            raise
+        except DownloadFailed as exc:  # reported with every other problem of the job
+            self.problems.append({"field": fld, "message": exc.message, "error_type": "download_failed"})
+            return None
         self.placed.append({"kind": kind, "name": placed.name, "path": placed.path,
                             "downloaded": placed.downloaded, "bytes": placed.bytes})
         return placed
@@ -645,7 +646,8 @@ def resolve(job: Job, client: Any, settings: Any, catalog: Any = None, *, cache:
     """Resolve every name of a txt2img job; raise one error listing every problem.
 
     ``extra_problems`` (e.g. from check_extension_names) are reported together with ours.
-    The error is ModelNotFound when every problem is a missing model, else ValidationFailed.
+    The error is ModelNotFound when every problem is a missing model, DownloadFailed when the
+    rest are failed downloads, else ValidationFailed (bad input comes first).
     """
     r = _Resolver(job, client, settings, catalog, cache)
     lists = r.lists
@@ -676,6 +678,9 @@ def problems_error(problems: list[dict[str, Any]]) -> WorkerError:
     more = len(problems) - 1
     tail = f" (and {more} more problem{'s' if more > 1 else ''}, see details)" if more else ""
     details = [{k: v for k, v in p.items() if k != "error_type"} for p in problems]
-    if all(p.get("error_type") == "model_not_found" for p in problems):
+    types = {p.get("error_type") for p in problems}
+    if types <= {"model_not_found"}:
         return ModelNotFound(first + tail, details=details)
+    if types <= {"model_not_found", "download_failed"}:
+        return DownloadFailed(first + tail, details=details)
     return ValidationFailed(first + tail, details=details)

@@ -137,6 +137,14 @@ def _parse_ref(value: Any) -> str | Source:
             raise ValueError("; ".join(_short_error(e) for e in exc.errors())) from None
         if isinstance(src, UrlSource):
             _check_https(src.url)
+        if isinstance(src, HFSource):
+            # A file at the top of the repo (every catalog source is): a folder part would make
+            # the stored name ambiguous, and path-like names are refused everywhere.
+            try:
+                _check_name(src.file)
+            except ValueError:
+                raise ValueError(f"file {src.file!r} must be a file name at the top of the Hugging Face "
+                                 "repo (no folders, no '..')") from None
         if src.name is not None:
             _check_name(src.name)
         return src

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 import handler as worker_module
+from a1111 import readiness
+from a1111.names import LiveLists
 from a1111.readiness import ensure_ready
 from handler import handler
 from schemas.settings import Settings
@@ -26,6 +28,10 @@ TXT2IMG = "/sdapi/v1/txt2img"
 
 def start_worker(backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, models_dir: Path,
                  catalog: Path | None = None) -> ReplayServer:
+    # A new server can get the port of an earlier one: start from a clean worker state.
+    worker_module._clients.clear()
+    LiveLists.forget_all()
+    readiness.reset()
     srv = ReplayServer(backend).start()
     monkeypatch.setenv("A1111_URL", srv.url)
     monkeypatch.setenv("MODELS_DIR", str(models_dir))

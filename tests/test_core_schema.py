@@ -114,6 +114,8 @@ def test_lora_entries():
     {"name": "../etc/passwd"},                       # path escape
     {"name": "sub/dir"},
     {"hf": "owner/repo"},                            # hf needs file
+    {"hf": "owner/repo", "file": "sub/x.safetensors"},  # top-level files only
+    {"hf": "owner/repo", "file": "https://127.0.0.1/x.safetensors"},
     {"url": "http://example.com/a.safetensors"},     # https only
     {"url": "https://x/a", "hf": "o/r", "file": "f"},  # two sources
     {"name": "a", "weight": 6},
