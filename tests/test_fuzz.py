@@ -62,6 +62,7 @@ EXAMPLES = {
     "test_fuzz_model_names": 1600,
     "test_fuzz_actions": 600,
     "test_fuzz_forge": 1000,
+    "test_fuzz_catalog": 600,
 }
 MIN_TOTAL = 10_000
 
@@ -106,6 +107,7 @@ class Env:
     models: Path
     root: Path
     outside_before: frozenset[str]
+    environ: dict[str, str | None]  # applied around every handler call (None: unset)
 
 
 def _reset_worker_state() -> None:
@@ -129,31 +131,40 @@ def _nodelay() -> Iterator[None]:
         yield
 
 
+def call_handler(env: Env, raw_job: Any, **extra_env: str) -> Any:
+    """handler.handler with this env's variables set just for the call (two module-scoped
+    environments live side by side, so neither may own os.environ for the whole module)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {**env.environ, **extra_env}.items():
+            if value is None:
+                mp.delenv(name, raising=False)
+            else:
+                mp.setenv(name, value)
+        return handler_mod.handler(raw_job)
+
+
 def _make_env(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Env]:
     root = tmp_path_factory.mktemp(f"fuzz-{backend}")
     models = root / "models"
     for sub in ("checkpoints", "loras", "embeddings", "controlnet", "adetailer", "upscalers"):
         (models / sub).mkdir(parents=True)
-    with pytest.MonkeyPatch.context() as mp, ReplayServer(backend) as srv:
+    with ReplayServer(backend) as srv:
         srv.models_dir = models
-        mp.setenv("A1111_URL", srv.url)
-        mp.setenv("MODELS_DIR", str(models))
-        mp.setenv("A1111_READY_TIMEOUT", "5")
-        mp.setenv("JOB_TIMEOUT", "30")
-        # No catalog: a catalog entry names a remote source, and fuzzed names must never
-        # start real downloads (CI has no internet). Catalog lookups are tested elsewhere.
-        mp.setenv("MODELS_CATALOG", str(root / "no-catalog.json"))
-        mp.setenv("WEBUI_BACKEND", "forge" if backend == "forge" else "a1111")
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        for name, value in SECRETS.items():
-            mp.setenv(name, value)
+        environ: dict[str, str | None] = {
+            "A1111_URL": srv.url, "MODELS_DIR": str(models), "A1111_READY_TIMEOUT": "5", "JOB_TIMEOUT": "30",
+            # No catalog: a catalog entry names a remote source, and fuzzed names must never
+            # start real downloads (CI has no internet). test_fuzz_catalog uses an offline copy.
+            "MODELS_CATALOG": str(root / "no-catalog.json"),
+            "WEBUI_BACKEND": "forge" if backend == "forge" else "a1111", "HF_HUB_OFFLINE": "1", **SECRETS}
         for name in ("DOWNLOAD_ALLOW_PRIVATE", "BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "A1111_PID_FILE",
                      "A1111_LOG_FILE", "ALLOW_PICKLE_MODELS", "CACHE_MAX_GB", "MAX_RESULT_MB"):
-            mp.delenv(name, raising=False)
+            environ[name] = None
+        env = Env(srv, "forge" if backend == "forge" else "a1111", models, root, frozenset(), environ)
         _reset_worker_state()
-        first = handler_mod.handler({"id": "prime", "input": {"prompt": "a photo of a cat"}})
+        first = call_handler(env, {"id": "prime", "input": {"prompt": "a photo of a cat"}})
         assert "images" in first, first  # the replay server and the handler work at all
-        yield Env(srv, "forge" if backend == "forge" else "a1111", models, root, _tree(root, models))
+        env.outside_before = _tree(root, models)
+        yield env
         _reset_worker_state()
 
 
@@ -174,11 +185,11 @@ def _action(raw_job: Any) -> str:
     return action if isinstance(action, str) else "?"
 
 
-def run_and_check(env: Env, raw_job: Any, test: str) -> dict:
+def run_and_check(env: Env, raw_job: Any, test: str, **extra_env: str) -> dict:
     srv = env.server
     before = len(srv.requests)
     t0 = time.monotonic()
-    result = handler_mod.handler(raw_job)  # must not raise: an exception fails the example
+    result = call_handler(env, raw_job, **extra_env)  # must not raise: an exception fails the example
     REPORT.seconds[test] += time.monotonic() - t0
     REPORT.examples[test] += 1
     new = srv.requests[before:]
@@ -513,6 +524,43 @@ def test_fuzz_actions(env: Env, action: str, extra: dict) -> None:
 def test_fuzz_forge(forge_env: Env, inp: dict) -> None:
     """The Forge backend (flux preset, modules, distilled cfg), checked against Forge's schema."""
     run_and_check(forge_env, {"id": "forge", "input": inp}, "test_fuzz_forge")
+
+
+def _catalog_ids() -> list[str]:
+    try:
+        return [m["id"] for m in json.loads(CATALOG.read_text())["models"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ["deliberate_v6"]
+
+
+CATALOG = Path(handler_mod.__file__).resolve().parent / "models.json"
+CATALOG_IDS = _catalog_ids()
+
+
+@pytest.fixture(scope="module")
+def offline_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models.json with every source removed: catalog names resolve, but nothing is downloaded
+    (CI has no internet); a missing model is then a clear model_not_found."""
+    data = json.loads(CATALOG.read_text())
+    for entry in data.get("models", []):
+        entry["source"] = None
+    path = tmp_path_factory.mktemp("catalog") / "models.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@settings(max_examples=EXAMPLES["test_fuzz_catalog"], **FUZZ)
+@given(base=near_valid_inputs, extra=st.fixed_dictionaries({}, optional={
+    "checkpoint": st.sampled_from(CATALOG_IDS), "loras": st.lists(st.one_of(
+        st.sampled_from(CATALOG_IDS), st.fixed_dictionaries({"name": st.sampled_from(CATALOG_IDS)},
+                                                            optional={"weight": floats})), max_size=3),
+    "embeddings": st.lists(st.sampled_from(CATALOG_IDS), max_size=2),
+    "preset": st.sampled_from(["rubber_tile", "flux", "realistic_portrait", "nope"]),
+    "colors": GOOD["colors"], "angle": st.integers(-5, 185), "quality": GOOD["quality"]}))
+def test_fuzz_catalog(env: Env, offline_catalog: Path, base: dict, extra: dict) -> None:
+    """Catalog ids in every model field and the catalog's presets, with the real models.json."""
+    run_and_check(env, {"id": "catalog", "input": {**base, **extra}}, "test_fuzz_catalog",
+                  MODELS_CATALOG=str(offline_catalog))
 
 
 def test_fuzz_example_count() -> None:
