@@ -25,8 +25,12 @@ pytest.importorskip("cache")
 class _Files(BaseHTTPRequestHandler):
     files: dict[str, bytes] = {}
     gets: list[str] = []
+    forbidden: set[str] = set()
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path.split("?")[0] in self.forbidden:
+            self.send_error(403)
+            return
         body = self.files.get(self.path.split("?")[0])
         if body is None:
             self.send_error(404)
@@ -48,7 +52,7 @@ def files(tmp_path, monkeypatch):
     ca_pem = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_pem))
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_pem))
-    handler_cls = type("Files", (_Files,), {"files": {}, "gets": []})
+    handler_cls = type("Files", (_Files,), {"files": {}, "gets": [], "forbidden": set()})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(ctx)
@@ -167,3 +171,18 @@ def test_embedding_from_url(worker, files, models_dir):
     # worker re-reads the list either way.
     assert len(worker.sent("POST", "/sdapi/v1/refresh-embeddings")) == 1
     assert len(worker.sent("POST", TXT2IMG)) == 1
+
+
+def test_failed_download_is_reported_with_the_other_problems(worker, files):
+    base, served = files
+    served.forbidden = {"/dl/private.safetensors"}  # answered 403: a token would be needed
+    src = {"url": f"{base}/dl/private.safetensors"}
+    out = handler({"id": "t", "input": {"prompt": "a cat", "sampler_name": "Eular a", "checkpoint": src,
+                                        "loras": [{"name": "nope_lora"}]}})
+    assert sorted(d["field"] for d in out["details"]) == ["checkpoint", "loras[0]", "sampler_name"], out
+    assert out["error_type"] == "validation"  # the bad sampler is the caller's to fix first
+    out = handler({"id": "t", "input": {"prompt": "a cat", "checkpoint": src, "loras": [{"name": "nope_lora"}]}})
+    assert out["error_type"] == "download_failed", out
+    assert "403" in out["error"]
+    assert [d["field"] for d in out["details"]] == ["checkpoint", "loras[0]"]
+    assert worker.sent("POST", TXT2IMG) == []
