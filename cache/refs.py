@@ -112,9 +112,8 @@ def parse_ref(kind: str, ref: str | dict, catalog: Catalog | None) -> ModelReque
     """What ``ref`` asks for; raises ValidationFailed for malformed references."""
     if isinstance(ref, str):
         entry = catalog.get(ref) if catalog is not None else None
-        if entry is not None:
-            if entry.kind != kind:
-                raise ValidationFailed(f"catalog entry {entry.id!r} is a {entry.kind}, not a {kind}")
+        # A catalog entry of another kind does not shadow a file of this kind with that name.
+        if entry is not None and entry.kind == kind:
             return ModelRequest(kind, entry.file, entry.source, entry.sha256, entry)
         safe_name(ref)
         if _ext(ref):
