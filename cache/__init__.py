@@ -162,8 +162,8 @@ class ModelCache:
             self.registry.touch(rel, {"kind": req.kind, "name": path.stem, "path": rel,
                                       "bytes": path.stat().st_size,
                                       "pinned": bool(req.entry and (req.entry.pinned or req.entry.default))})
-        except WorkerError as exc:  # bookkeeping must not fail a job whose model is present
-            log.warning("cache registry not updated for %s: %s", rel, exc.message)
+        except (WorkerError, OSError) as exc:  # bookkeeping must not fail a job whose model is present
+            log.warning("cache registry not updated for %s: %s", rel, exc)
 
     # ------------------------------------------------------------------ placing
     def _fetch(self, req: ModelRequest, folder: Path, what: str) -> tuple[Fetched, dict]:
@@ -273,8 +273,8 @@ class ModelCache:
                  "downloaded": req.source is not None, "catalog_id": req.entry.id if req.entry else None}
         try:
             self.registry.record(entry)
-        except WorkerError as exc:
-            log.warning("cache registry not updated for %s: %s", rel, exc.message)
+        except (WorkerError, OSError) as exc:  # the file is in place; only the bookkeeping failed
+            log.warning("cache registry not updated for %s: %s", rel, exc)
         log.info("cache: placed %s (%d bytes, %d transferred) from %s", rel, entry["bytes"], got.transferred,
                  json.dumps(source))
         return self._placed(req, final, downloaded=req.source is not None, sha=sha)
