@@ -155,7 +155,12 @@ def _make_env(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterato
             # No catalog: a catalog entry names a remote source, and fuzzed names must never
             # start real downloads (CI has no internet). test_fuzz_catalog uses an offline copy.
             "MODELS_CATALOG": str(root / "no-catalog.json"),
-            "WEBUI_BACKEND": "forge" if backend == "forge" else "a1111", "HF_HUB_OFFLINE": "1", **SECRETS}
+            "WEBUI_BACKEND": "forge" if backend == "forge" else "a1111",
+            # Hosts that can never resolve (RFC 2606 .invalid): a fuzzed hf/civitai source fails at
+            # once, with or without internet. (Not HF_HUB_OFFLINE: huggingface-hub reads it once per
+            # process, so it would leak into later tests.)
+            "HF_ENDPOINT": "https://hub.invalid", "CIVITAI_BASE_URL": "https://civitai.invalid",
+            "DOWNLOAD_ATTEMPTS": "1", **SECRETS}
         for name in ("DOWNLOAD_ALLOW_PRIVATE", "BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "A1111_PID_FILE",
                      "A1111_LOG_FILE", "ALLOW_PICKLE_MODELS", "CACHE_MAX_GB", "MAX_RESULT_MB"):
             environ[name] = None
@@ -308,8 +313,8 @@ def names(known: list[str]) -> st.SearchStrategy:
     return st.one_of(st.sampled_from(known), st.sampled_from(PATH_LIKE), st.text(min_size=1, max_size=20))
 
 
-# Sources: only ones that fail fast without internet (private / unresolvable hosts are refused,
-# HF is offline); their shape is what is being fuzzed.
+# Sources: only ones that fail fast without internet (private / unresolvable hosts are refused;
+# the Hub and Civitai endpoints are .invalid hosts); their shape is what is being fuzzed.
 sources = st.one_of(
     st.fixed_dictionaries({"url": st.sampled_from([
         "https://127.0.0.1/x.safetensors", "https://localhost/lora.safetensors", "https://10.0.0.1/a.safetensors",
