@@ -313,3 +313,17 @@ def test_incomplete_bucket_environment_is_named(settings, monkeypatch):
     with pytest.raises(UploadFailed) as exc:
         deliver(recorded_result("txt2img_minimal"), OutputOptions(upload="always"), settings, "j", None)
     assert "BUCKET_ACCESS_KEY_ID not set" in exc.value.message and "hidden-secret" not in exc.value.message
+
+
+def test_result_size_fast_path_equals_the_exact_size():
+    from a1111.delivery import result_size
+
+    images = [base64.b64encode(bytes(range(256)) * 400).decode("ascii") for _ in range(3)]
+    result = {"images": images, "info": {"prompt": "ünïcode \"quoted\""}, "seeds": [1, 2, 3]}
+    exact = serialized_size(result)
+    assert result_size(result, limit=10 * exact) == exact       # far from the limit: counted, not encoded
+    assert result_size(result, limit=exact) == exact            # near the limit: measured exactly
+    odd = {**result, "images": images + ["not ascii: é"]}      # not base64: measured exactly
+    assert result_size(odd, limit=10 * exact) == serialized_size(odd)
+    escaped = {**result, "images": images + ['needs "escapes"\n']}  # near the limit escapes are counted
+    assert result_size(escaped, limit=serialized_size(escaped)) == serialized_size(escaped)
