@@ -31,7 +31,7 @@ export A1111_PID_FILE="${A1111_PID_FILE:-$A1111_STATE_DIR/a1111.pid}"
 export A1111_LOG_FILE="${A1111_LOG_FILE:-$A1111_STATE_DIR/a1111.log}"
 export A1111_URL="${A1111_URL:-http://127.0.0.1:$A1111_PORT}"
 
-MODEL_KINDS=(checkpoints loras embeddings controlnet adetailer upscalers)
+MODEL_KINDS=(checkpoints loras embeddings controlnet adetailer upscalers vae text_encoder)
 
 log() { printf '[start.sh] %s\n' "$*" >&2; }
 
@@ -104,6 +104,12 @@ a1111_args=(
     --controlnet-dir "$MODELS_DIR/controlnet"
     --esrgan-models-path "$MODELS_DIR/upscalers"
 )
+# Forge reads Flux's separate VAE and text encoders (ae, clip_l, t5xxl) from these folders
+# and lists them in /sdapi/v1/sd-modules; A1111 1.10 has no --text-encoder-dir and would
+# refuse to start with it.
+if [[ "${WEBUI_BACKEND:-a1111}" == "forge" ]]; then
+    a1111_args+=(--vae-dir "$MODELS_DIR/vae" --text-encoder-dir "$MODELS_DIR/text_encoder")
+fi
 if [[ -n "${A1111_ARGS_EXTRA:-}" ]]; then
     read -r -a extra_args <<<"$A1111_ARGS_EXTRA"
     a1111_args+=("${extra_args[@]}")

@@ -166,6 +166,22 @@ def test_extra_args_and_no_volume_fallback_with_warning(tmp_path):
     assert argv[argv.index("--ckpt-dir") + 1] == str(worker / "models" / "checkpoints")
     assert argv[-3:-1] == ["--no-half-vae", "--medvram-sdxl"]  # extra flags come last
     assert (worker / "models" / "loras").is_dir()
+    assert "--text-encoder-dir" not in argv  # a Forge-only flag: A1111 1.10 would refuse to start
+
+
+def test_forge_gets_its_module_folders(tmp_path):
+    env = _env(tmp_path, standin="--backend forge", WEBUI_BACKEND="forge",
+               HANDLER_CMD=_driver(tmp_path, [{"id": "h", "input": {"action": "health"}}]))
+    proc = subprocess.run(["bash", str(START)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [res] = _results(proc.stdout)
+    assert res["result"]["backend"] == "forge", res
+    argv = (tmp_path / "argv.txt").read_text().split("\n")
+    models = Path(env["VOLUME_DIR"]) / "models"
+    # Flux's ae / clip_l / t5xxl live here; Forge lists them in /sdapi/v1/sd-modules
+    assert argv[argv.index("--vae-dir") + 1] == str(models / "vae")
+    assert argv[argv.index("--text-encoder-dir") + 1] == str(models / "text_encoder")
+    assert (models / "vae").is_dir() and (models / "text_encoder").is_dir()
 
 
 def test_never_ready_fails_clearly_at_the_deadline(tmp_path):
