@@ -36,6 +36,7 @@ import pytest
 import trustme
 from safetensors.numpy import save
 
+from a1111 import readiness
 from a1111.names import LiveLists
 from cache.refs import parse_ref
 from handler import handler
@@ -44,6 +45,16 @@ from tests.replay import ReplayServer
 REPO = Path(__file__).resolve().parent.parent
 TXT2IMG = "/sdapi/v1/txt2img"
 JOB = {"prompt": "a photo of a cat", "steps": 1, "width": 64, "height": 64, "seed": 42}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_worker_state() -> Iterator[None]:
+    """Readiness and list caches are per A1111 URL, and ports are reused across tests: start clean."""
+    readiness.reset()
+    LiveLists.forget_all()
+    yield
+    readiness.reset()
+    LiveLists.forget_all()
 
 
 def run(inp: dict | None = None, job_id: str = "fault") -> dict:
@@ -112,24 +123,26 @@ def _start_replay_process(tmp_path: Path, port: int, delay: float) -> subprocess
 
 
 def _kill_during_generation(proc: subprocess.Popen, port: int, nth: int) -> None:
-    """SIGKILL ``proc`` once its ``nth`` generation is under way (seen through /sdapi/v1/progress)."""
+    """SIGKILL ``proc`` once its ``nth`` generation is under way, seen through /sdapi/v1/progress:
+    a generation starts when the server turns busy, or when its progress drops back (the replay
+    server steps through the recorded mid-generation polls; back-to-back generations never idle)."""
     import requests
 
-    seen, busy, deadline = 0, False, time.monotonic() + 30
+    seen, last, deadline = 0, None, time.monotonic() + 30
     with requests.Session() as http:
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                state = http.get(f"http://127.0.0.1:{port}/sdapi/v1/progress", timeout=2).json()["state"]
-            except (requests.RequestException, ValueError, KeyError):
-                state = {}
-            now_busy = bool(state.get("job_count"))
-            if now_busy and not busy:
+                body = http.get(f"http://127.0.0.1:{port}/sdapi/v1/progress", timeout=2).json()
+                busy, progress = bool(body["state"]["job_count"]), float(body["progress"])
+            except (requests.RequestException, ValueError, KeyError, TypeError):
+                busy, progress = False, None
+            if busy and (last is None or (progress is not None and progress < last)):
                 seen += 1
                 if seen == nth:
                     time.sleep(0.3)
                     proc.send_signal(signal.SIGKILL)
                     return
-            busy = now_busy
+            last = progress if busy else None
             time.sleep(0.05)
 
 
@@ -154,6 +167,7 @@ def test_a1111_process_dies_mid_generation(monkeypatch, models_dir, tmp_path):
         assert proc.poll() is not None, "the A1111 stand-in was killed mid-generation"
         assert out["error_type"] == "a1111_unavailable", out
         assert out.get("refresh_worker") is True, "a dead A1111 means a broken worker"
+        assert "no longer running" in out["error"], out  # died during the job, not the warm-up
         assert "log_tail" in out and any("replay A1111" in line for line in out["log_tail"]), out
         assert time.monotonic() - t0 < 20, "the death was noticed at once, not after a timeout"
         # The next job fails at once too, still asking for a refresh (nothing to retry against).

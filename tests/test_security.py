@@ -22,7 +22,7 @@ from cache.safety import check_url
 from handler import handler
 from schemas.errors import ValidationFailed
 from tests.test_cache_server import ModelServer
-from tests.test_faults import _lora_bytes, files_server  # noqa: F401 - files_server is a fixture
+from tests.test_faults import _fresh_worker_state, _lora_bytes, files_server  # noqa: F401 - fixtures
 
 TXT2IMG = "/sdapi/v1/txt2img"
 JOB = {"prompt": "a photo of a cat", "steps": 1, "width": 64, "height": 64, "seed": 1}
