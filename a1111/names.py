@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from cache.inspect import family_from_metadata as lora_family_from_metadata
 from schemas.errors import A1111Error, DownloadFailed, ModelNotFound, ValidationFailed, WorkerError
 from schemas.job import Job, Source, ref_value
 
@@ -40,28 +41,6 @@ TXT2IMG_SCHEMA = "StableDiffusionProcessingTxt2Img"
 
 def family_label(family: str | None) -> str:
     return FAMILY_NAMES.get(family or "", family or "unknown")
-
-
-def lora_family_from_metadata(meta: dict[str, Any] | None) -> str | None:
-    """The base model a LoRA was trained for, from kohya / modelspec metadata."""
-    if not isinstance(meta, dict):
-        return None
-    base = str(meta.get("ss_base_model_version") or "").lower()
-    arch = str(meta.get("modelspec.architecture") or "").lower()
-    for text in (base, arch):
-        if not text:
-            continue
-        if "flux" in text:
-            return "flux"
-        if "sdxl" in text or "stable-diffusion-xl" in text:
-            return "sdxl"
-        if "sd3" in text or "stable-diffusion-3" in text:
-            return "sd3"
-        if text.startswith("sd_v2") or "stable-diffusion-v2" in text:
-            return "sd2"
-        if text.startswith("sd_v1") or "stable-diffusion-v1" in text:
-            return "sd15"
-    return None
 
 
 def suggest(name: str, candidates: list[str], n: int = 3) -> list[str]:

@@ -81,18 +81,40 @@ def tensor_names(header: dict[str, Any]) -> list[str]:
     return [k for k in header if k != "__metadata__"]
 
 
-def family_from_header(header: dict[str, Any]) -> str | None:
-    """"sd15" | "sdxl" | "flux" | None, from tensor names, shapes and trainer metadata."""
-    names = tensor_names(header)
-    meta = header.get("__metadata__") or {}
-    base = str(meta.get("ss_base_model_version") or meta.get("modelspec.architecture") or "").lower()
-    if base:
-        if "flux" in base:
+def family_from_metadata(meta: Any) -> str | None:
+    """The base model family named by kohya / modelspec metadata, or None.
+
+    "sd15" | "sd2" | "sdxl" | "sd3" | "flux". Used on a file's ``__metadata__`` and on the
+    ``metadata`` A1111 lists for a LoRA, which are the same trainer keys.
+    """
+    if not isinstance(meta, dict):
+        return None
+    base = str(meta.get("ss_base_model_version") or "").lower()
+    arch = str(meta.get("modelspec.architecture") or "").lower()
+    for text in (base, arch):
+        if not text:
+            continue
+        if "flux" in text:
             return "flux"
-        if "sdxl" in base or "stable-diffusion-xl" in base:
+        if "sdxl" in text or "stable-diffusion-xl" in text:
             return "sdxl"
-        if "sd_v1" in base or "stable-diffusion-v1" in base:
+        if "sd3" in text or "stable-diffusion-3" in text:
+            return "sd3"
+        if text.startswith("sd_v2") or "stable-diffusion-v2" in text:
+            return "sd2"
+        if text.startswith("sd_v1") or "stable-diffusion-v1" in text:
             return "sd15"
+    return None
+
+
+def family_from_header(header: dict[str, Any]) -> str | None:
+    """"sd15" | "sdxl" | "flux" | None, from trainer metadata, else tensor names and shapes."""
+    # The cache reports only the families its catalog knows (catalog.FAMILIES); an SD2/SD3
+    # tag is left to the tensor checks below, which answer None for those.
+    family = family_from_metadata(header.get("__metadata__"))
+    if family in ("sd15", "sdxl", "flux"):
+        return family
+    names = tensor_names(header)
     keys = set(names)
     # Textual inversion: A1111's SDXL layout, the SDXL trainer layout, or one SD1.x tensor.
     if {"clip_l", "clip_g"} <= keys or {"text_encoders_0", "text_encoders_1"} <= keys:

@@ -103,6 +103,8 @@ def test_header_checks_catch_truncation_and_pages(tmp_path):
     ({"double_blocks.0.img_attn.norm.key_norm.scale": (128,)}, None, "flux"),
     ({"lora_unet_x.weight": (4,)}, {"ss_base_model_version": "sdxl_base_v1-0"}, "sdxl"),
     ({"lora_unet_x.weight": (4,)}, {"ss_base_model_version": "sd_v1"}, "sd15"),
+    ({"lora_unet_x.weight": (4,)}, {"modelspec.architecture": "flux-1-dev/lora"}, "flux"),
+    ({"lora_unet_x.weight": (4,)}, {"ss_base_model_version": "sd_v2"}, None),  # not a catalog family
     ({"lora_unet_mid_attn2_to_k.lora_down.weight": (4, 2048)}, None, "sdxl"),
     ({"clip_l": (2, 768), "clip_g": (2, 1280)}, None, "sdxl"),
     ({"emb_params": (2, 768)}, None, "sd15"),
