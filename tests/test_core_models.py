@@ -7,67 +7,15 @@ a refresh.
 
 from __future__ import annotations
 
-import ssl
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import numpy as np
 import pytest
 from safetensors.numpy import save
 
 from handler import handler
+from tests.fileserver import lora_bytes
 from tests.test_core_handler import TXT2IMG, start_worker, stop_and_check, write_catalog
 
-trustme = pytest.importorskip("trustme")
 pytest.importorskip("cache")
-
-
-class _Files(BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    gets: list[str] = []
-    forbidden: set[str] = set()
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        if self.path.split("?")[0] in self.forbidden:
-            self.send_error(403)
-            return
-        body = self.files.get(self.path.split("?")[0])
-        if body is None:
-            self.send_error(404)
-            return
-        self.gets.append(self.path)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def files(tmp_path, monkeypatch):
-    ca = trustme.CA()
-    ca_pem = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_pem))
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_pem))
-    handler_cls = type("Files", (_Files,), {"files": {}, "gets": [], "forbidden": set()})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(ctx)
-    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    base = f"https://127.0.0.1:{httpd.server_address[1]}"
-    yield base, handler_cls
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def lora_bytes(base_model: str) -> bytes:
-    tensors = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": np.zeros((4, 320), np.float16),
-               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": np.zeros((320, 4), np.float16)}
-    return save(tensors, metadata={"ss_base_model_version": base_model, "ss_network_dim": "4"})
 
 
 @pytest.fixture(params=["a1111", "forge"])
@@ -78,8 +26,8 @@ def worker(request, monkeypatch, tmp_path, models_dir):
     stop_and_check(srv)
 
 
-def test_lora_from_url_is_placed_refreshed_and_tagged(worker, files, models_dir):
-    base, served = files
+def test_lora_from_url_is_placed_refreshed_and_tagged(worker, https_files, models_dir):
+    base, served = https_files.url, https_files
     served.files["/dl/grain.safetensors"] = lora_bytes("sd_v1")
     job = {"prompt": "a cat", "loras": [{"url": f"{base}/dl/grain.safetensors", "name": "url_grain", "weight": 0.5}]}
     out = handler({"id": "t", "input": job})
@@ -96,14 +44,14 @@ def test_lora_from_url_is_placed_refreshed_and_tagged(worker, files, models_dir)
     assert len(worker.sent("POST", "/sdapi/v1/refresh-loras")) == 1
 
 
-def test_url_lora_of_another_family_is_refused_after_placing(files, monkeypatch, tmp_path, models_dir):
+def test_url_lora_of_another_family_is_refused_after_placing(https_files, monkeypatch, tmp_path, models_dir):
     pytest.importorskip("cache.catalog")
     catalog = write_catalog(tmp_path / "models.json", [
         {"id": "xl_base", "kind": "checkpoint", "file": "sd_xl_base_1.0.safetensors", "family": "sdxl"}])
     srv = start_worker("a1111-sdxl", monkeypatch, tmp_path, models_dir, catalog=catalog)
     srv.models_dir = models_dir
     try:
-        base, served = files
+        base, served = https_files.url, https_files
         served.files["/dl/sd15.safetensors"] = lora_bytes("sd_v1")
         out = handler({"id": "t", "input": {"prompt": "a tile", "checkpoint": "xl_base", "loras": [
             {"url": f"{base}/dl/sd15.safetensors", "name": "sd15_lora", "weight": 1}]}})
@@ -114,8 +62,8 @@ def test_url_lora_of_another_family_is_refused_after_placing(files, monkeypatch,
         stop_and_check(srv)
 
 
-def test_missing_download_is_a_clear_error_without_txt2img(worker, files):
-    base, _ = files
+def test_missing_download_is_a_clear_error_without_txt2img(worker, https_files):
+    base = https_files.url
     out = handler({"id": "t", "input": {"prompt": "a cat", "loras": [{"url": f"{base}/dl/none.safetensors"}]}})
     # the cache reports a 404 as a model that does not exist there
     assert out["error_type"] == "model_not_found", out
@@ -123,8 +71,8 @@ def test_missing_download_is_a_clear_error_without_txt2img(worker, files):
     assert worker.sent("POST", TXT2IMG) == []
 
 
-def test_checkpoint_from_url(worker, files, models_dir):
-    base, served = files
+def test_checkpoint_from_url(worker, https_files, models_dir):
+    base, served = https_files.url, https_files
     served.files["/dl/ckpt.safetensors"] = save({"model.diffusion_model.x": np.zeros((2, 2), np.float16)})
     out = handler({"id": "t", "input": {"prompt": "a cat", "checkpoint": {"url": f"{base}/dl/ckpt.safetensors",
                                                                           "name": "my_ckpt"}}})
@@ -134,8 +82,8 @@ def test_checkpoint_from_url(worker, files, models_dir):
     assert len(worker.sent("POST", "/sdapi/v1/refresh-checkpoints")) == 1
 
 
-def test_placed_but_never_listed_is_a_clear_error(worker, files, models_dir):
-    base, served = files
+def test_placed_but_never_listed_is_a_clear_error(worker, https_files, models_dir):
+    base, served = https_files.url, https_files
     served.files["/dl/e.safetensors"] = lora_bytes("sd_v1")
     worker.models_dir = None  # this A1111 does not look at our MODELS_DIR
     out = handler({"id": "t", "input": {"prompt": "a cat", "loras": [{"url": f"{base}/dl/e.safetensors",
@@ -145,8 +93,8 @@ def test_placed_but_never_listed_is_a_clear_error(worker, files, models_dir):
     assert worker.sent("POST", TXT2IMG) == []
 
 
-def test_prefetch_action_places_models(worker, files, models_dir):
-    base, served = files
+def test_prefetch_action_places_models(worker, https_files, models_dir):
+    base, served = https_files.url, https_files
     served.files["/dl/a.safetensors"] = lora_bytes("sd_v1")
     out = handler({"id": "t", "input": {"action": "prefetch",
                                         "loras": [{"url": f"{base}/dl/a.safetensors", "name": "pre_a"}]}})
@@ -159,8 +107,8 @@ def test_prefetch_action_places_models(worker, files, models_dir):
     assert "not_in_catalog_anywhere" in out["error"]
 
 
-def test_embedding_from_url(worker, files, models_dir):
-    base, served = files
+def test_embedding_from_url(worker, https_files, models_dir):
+    base, served = https_files.url, https_files
     served.files["/dl/emb.safetensors"] = save({"emb_params": np.zeros((2, 768), np.float32)})
     out = handler({"id": "t", "input": {"prompt": "a cat, my_emb", "embeddings": [
         {"url": f"{base}/dl/emb.safetensors", "name": "my_emb"}]}})
@@ -173,8 +121,8 @@ def test_embedding_from_url(worker, files, models_dir):
     assert len(worker.sent("POST", TXT2IMG)) == 1
 
 
-def test_failed_download_is_reported_with_the_other_problems(worker, files):
-    base, served = files
+def test_failed_download_is_reported_with_the_other_problems(worker, https_files):
+    base, served = https_files.url, https_files
     served.forbidden = {"/dl/private.safetensors"}  # answered 403: a token would be needed
     src = {"url": f"{base}/dl/private.safetensors"}
     out = handler({"id": "t", "input": {"prompt": "a cat", "sampler_name": "Eular a", "checkpoint": src,

@@ -4,10 +4,6 @@ of a1111-api.md, and unknown names are rejected before any txt2img is sent."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
 from handler import handler
 from presets import drawing
 from tests.contract import assert_txt2img_conforms
@@ -24,16 +20,6 @@ def run(inp: dict) -> dict:
 def txt2img_bodies(srv: ReplayServer) -> list[dict]:
     """The job's txt2img bodies (readiness sends its own tiny warm-up first: not counted)."""
     return [b for b in srv.sent("POST", "/sdapi/v1/txt2img") if b.get("prompt") != "warm-up"]
-
-
-@pytest.fixture
-def forge_env(monkeypatch: pytest.MonkeyPatch, forge_replay: ReplayServer, models_dir: Path) -> ReplayServer:
-    monkeypatch.setenv("A1111_URL", forge_replay.url)
-    monkeypatch.setenv("MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("WEBUI_BACKEND", "forge")
-    monkeypatch.setenv("A1111_READY_TIMEOUT", "5")
-    monkeypatch.setenv("DOWNLOAD_ALLOW_PRIVATE", "1")
-    return forge_replay
 
 
 # --------------------------------------------------------------------------- hires fix

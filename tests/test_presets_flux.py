@@ -9,15 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import ssl
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import numpy as np
 import pytest
-import trustme
-from safetensors.numpy import save
 
 from handler import handler, load_catalog
 from presets import flux
@@ -25,20 +19,17 @@ from presets._jobs import module_file_name, preset_config
 from schemas.job import parse_job
 from schemas.settings import Settings
 from tests.contract import assert_txt2img_conforms
+from tests.fileserver import lora_bytes
 from tests.replay import ReplayServer
 
 LISTED_MODULE = "random_vae.safetensors"  # the one module the recorded Forge lists
 
 
 @pytest.fixture
-def forge_env(monkeypatch: pytest.MonkeyPatch, forge_replay: ReplayServer, models_dir: Path) -> ReplayServer:
-    monkeypatch.setenv("A1111_URL", forge_replay.url)
-    monkeypatch.setenv("MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("WEBUI_BACKEND", "forge")
-    monkeypatch.setenv("A1111_READY_TIMEOUT", "5")
-    monkeypatch.setenv("DOWNLOAD_ALLOW_PRIVATE", "1")
-    forge_replay.models_dir = models_dir
-    return forge_replay
+def forge_env(forge_env: ReplayServer, models_dir: Path) -> ReplayServer:
+    """conftest's forge_env; the replay also lists files placed in MODELS_DIR (lora_urls), as Forge does."""
+    forge_env.models_dir = models_dir
+    return forge_env
 
 
 def bodies(srv: ReplayServer) -> list[dict]:
@@ -121,55 +112,11 @@ def test_flux_on_plain_a1111_is_a_clear_error(worker_env):
 
 
 # --------------------------------------------------------------------------- lora_urls
-class _LoraFiles(BaseHTTPRequestHandler):
-    files: dict[str, bytes] = {}
-    gets: list[str] = []
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        body = self.files.get(self.path.split("?")[0])
-        if body is None:
-            self.send_error(404)
-            return
-        self.gets.append(self.path)
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def https_files(tmp_path, monkeypatch):
-    """A local HTTPS file server (lora_urls must be https), trusted through REQUESTS_CA_BUNDLE."""
-    ca = trustme.CA()
-    ca_pem = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_pem))
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_pem))
-    handler_cls = type("Files", (_LoraFiles,), {"files": {}, "gets": []})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(ctx)
-    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield httpd, handler_cls
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def _lora_bytes() -> bytes:
-    # A real (tiny) kohya-style LoRA file, SD1.5 like the recorded server's checkpoint.
-    tensors = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": np.zeros((4, 320), np.float16),
-               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": np.zeros((320, 4), np.float16)}
-    return save(tensors, metadata={"ss_base_model_version": "sd_v1", "ss_network_dim": "4"})
-
-
 def test_lora_urls_downloaded_once_and_tagged(forge_env, https_files, models_dir):
-    httpd, files = https_files
-    files.files["/loras/flux_detail.safetensors"] = _lora_bytes()
-    url = f"https://127.0.0.1:{httpd.server_address[1]}/loras/flux_detail.safetensors"
+    files = https_files
+    # SD1.5, like the recorded server's checkpoint.
+    files.files["/loras/flux_detail.safetensors"] = lora_bytes("sd_v1")
+    url = f"{files.url}/loras/flux_detail.safetensors"
     stem = f"flux_detail_{hashlib.sha256(url.encode()).hexdigest()[:8]}"
     for _ in range(2):
         out = run(modules=[LISTED_MODULE], lora_urls=[url], lora_scales=[0.8])
