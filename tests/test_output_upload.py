@@ -31,8 +31,8 @@ from schemas.errors import ResultTooLarge, UploadFailed, error_result
 from schemas.output import OutputOptions
 from schemas.settings import Settings
 from tests.replay import ReplayServer
+from tests.test_output_delivery import recorded_result
 
-RECORDINGS = Path(__file__).resolve().parent / "recordings" / "a1111"
 TXT2IMG = "/sdapi/v1/txt2img"
 BUCKET_ENV = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
 
@@ -110,14 +110,6 @@ def assert_nothing_written(cwd: Path) -> None:
     assert list(cwd.rglob("*")) == []
     repo = Path(__file__).resolve().parent.parent
     assert not (repo / "simulated_uploaded").exists() and not (repo / "local_upload").exists()
-
-
-def recorded_result(name: str) -> dict:
-    rec = json.loads((RECORDINGS / f"{name}.json").read_text())
-    body = rec["response"]["json"]
-    info = json.loads(body["info"])
-    return {"images": list(body["images"]), "seeds": list(info["all_seeds"]), "info": info,
-            "parameters": dict(rec["request"]["json"]), "warnings": []}
 
 
 def settings_with(monkeypatch: pytest.MonkeyPatch, max_mb: str | None = None) -> Settings:
