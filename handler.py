@@ -24,12 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from a1111.client import A1111Client
+from a1111.delivery import deliver, preflight
 from a1111.extensions import check_extension_names
 from a1111.names import LiveLists, lora_family_from_metadata, resolve
 from a1111.payload import compile_txt2img, compile_warnings
 from a1111.progress import ProgressReporter
 from a1111.readiness import cold_start, ensure_ready, prewarm_in_background, recheck_unavailable
 from a1111.results import combine, package
+from cache import ModelCache
+from cache.catalog import Catalog
 from schemas.errors import A1111Unavailable, JobTimeout, WorkerError, error_result
 from schemas.job import Job, parse_job, ref_value
 from schemas.settings import Settings
@@ -37,7 +40,7 @@ from schemas.settings import Settings
 log = logging.getLogger("worker")
 
 _clients: dict[str, A1111Client] = {}
-_catalogs: dict[tuple[str, float], Any] = {}
+_catalogs: dict[tuple[str, float], Catalog] = {}
 _shared_lock = threading.Lock()
 
 
@@ -51,7 +54,7 @@ def get_client(settings: Settings) -> A1111Client:
         return client
 
 
-def load_catalog(settings: Settings) -> Any:
+def load_catalog(settings: Settings) -> Catalog | None:
     """models.json as a cache.catalog.Catalog (re-read when the file changes); None if absent."""
     path = Path(settings.catalog_path)
     try:
@@ -62,8 +65,6 @@ def load_catalog(settings: Settings) -> Any:
     with _shared_lock:
         if key in _catalogs:
             return _catalogs[key]
-    from cache.catalog import Catalog
-
     catalog = Catalog.load(path)
     with _shared_lock:
         _catalogs.clear()
@@ -71,26 +72,9 @@ def load_catalog(settings: Settings) -> Any:
     return catalog
 
 
-def _model_cache(settings: Settings, catalog: Any) -> Any:
-    from cache import ModelCache
-
-    return ModelCache(settings, catalog)
-
-
-def _deliver(result: dict, job: Job, settings: Settings, job_id: str, s3_config: Any) -> dict:
-    try:
-        from a1111.delivery import deliver
-    except ModuleNotFoundError as exc:  # output delivery not installed: base64 as A1111 sent it
-        if exc.name != "a1111.delivery":
-            raise
-        return result
-    return deliver(result, job.output, settings, job_id, s3_config)
-
-
 # --------------------------------------------------------------------------- actions
 def run_txt2img(job: dict, parsed: Job, settings: Settings, started: float) -> dict:
     import presets  # imported here: presets pull in Pillow drawing code
-    from a1111.delivery import preflight
 
     preflight(parsed.output, job.get("s3Config"))  # a job that cannot be delivered fails before it generates
     deadline = started + settings.job_timeout_s
@@ -101,7 +85,7 @@ def run_txt2img(job: dict, parsed: Job, settings: Settings, started: float) -> d
     outputs: list[tuple[str | None, dict]] = []
     for step in steps:
         t0 = time.monotonic()
-        cache = _model_cache(settings, catalog) if step.job.controlnet else None
+        cache = ModelCache(settings, catalog) if step.job.controlnet else None
         ext_problems = check_extension_names(step.job, client, settings.backend, cache=cache)
         resolved = resolve(step.job, client, settings, catalog, cache=cache, extra_problems=ext_problems)
         payload = compile_txt2img(step.job, resolved, settings.backend)
@@ -127,7 +111,7 @@ def run_txt2img(job: dict, parsed: Job, settings: Settings, started: float) -> d
             result["images"].append(image)
             result["labels"].append(label)
     result["timings"]["total_s"] = round(time.monotonic() - started, 3)
-    return _deliver(result, parsed, settings, str(job.get("id")), job.get("s3Config"))
+    return deliver(result, parsed.output, settings, str(job.get("id")), job.get("s3Config"))
 
 
 def run_health(settings: Settings) -> dict:
@@ -182,7 +166,7 @@ def run_prefetch(parsed: Job, settings: Settings) -> dict:
         refs["lora"] = [ref_value(spec.ref()) for spec in parsed.loras]
     if parsed.embeddings:
         refs["embedding"] = [ref_value(r) for r in parsed.embeddings]
-    placed = _model_cache(settings, catalog).prefetch(refs, catalog_defaults=parsed.catalog)
+    placed = ModelCache(settings, catalog).prefetch(refs, catalog_defaults=parsed.catalog)
     return {"prefetched": placed}
 
 
