@@ -21,6 +21,7 @@ MODEL_EXTS = SAFE_EXTS + PICKLE_EXTS
 TOKEN_VARS = ("HF_TOKEN", "CIVITAI_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 # Query parameters that carry credentials (Civitai ?token=, signed CDN URLs).
 _SECRET_PARAM = re.compile(r"token|key|sig|auth|credential|secret|password|session", re.I)
+MAX_NAME_BYTES = 200
 _NAME_RE = re.compile(r"^[^/\\\x00-\x1f]{1,200}$")
 
 
@@ -28,8 +29,13 @@ def safe_name(name: str, what: str = "model name") -> str:
     """A plain file name or stem: no separators, no '..', no leading dot, no control chars."""
     if not isinstance(name, str) or not _NAME_RE.match(name) or name.startswith(".") \
             or ".." in name or name != name.strip():
-        raise ValidationFailed(f"{what} {name!r} is not a plain file name: path separators, '..', a leading "
+        shown = repr(name[:60]) + "..." if isinstance(name, str) and len(name) > 60 else repr(name)
+        raise ValidationFailed(f"{what} {shown} is not a plain file name: path separators, '..', a leading "
                                "dot and control characters are not allowed")
+    # A file name is at most 255 bytes on disk; the hidden part file adds about 30 (accents and
+    # emoji take 2-4 bytes a character, so 200 characters can be too long).
+    if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise ValidationFailed(f"{what} {name[:40]!r}... is too long: at most {MAX_NAME_BYTES} bytes in UTF-8")
     return name
 
 

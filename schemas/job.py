@@ -108,16 +108,16 @@ _SOURCES = {"hf": HFSource, "civitai": CivitaiSource, "url": UrlSource}
 
 def _check_name(value: str) -> str:
     if not _REF_RE.match(value) or value.strip() in {"", ".", ".."} or ".." in value.split("."):
-        raise ValueError(f"{value!r} is not a plain model name: no path separators or '..' allowed")
+        raise ValueError(f"{_got(value)} is not a plain model name: no path separators or '..' allowed")
     if value != value.strip():
-        raise ValueError(f"{value!r} has leading or trailing spaces")
+        raise ValueError(f"{_got(value)} has leading or trailing spaces")
     return value
 
 
 def _check_https(url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.netloc:
-        raise ValueError(f"{url!r} is not an https:// URL")
+        raise ValueError(f"{_got(url)} is not an https:// URL")
     return url
 
 
@@ -367,11 +367,11 @@ def _problem_from(err: dict[str, Any], known_fields: list[str]) -> dict[str, Any
             close = difflib.get_close_matches(name, known_fields, 1, 0.7)
             guess = SYNONYMS.get(name.lower()) or (close[0] if close else None)
             hint = f"; did you mean '{guess}'?" if guess else "; see the input fields in the README"
-            problem["message"] = f"unknown field '{name}'{hint}"
+            problem["message"] = f"unknown field {_got(name)}{hint}"
             if guess:
                 problem["suggestion"] = guess
         else:
-            problem["message"] = f"unknown field '{name}' in {_loc(loc[:-1])}"
+            problem["message"] = f"unknown field {_got(name)} in {_loc(loc[:-1])}"
         return problem
     got = f", got {_got(err['input'])}" if "input" in err and etype not in {"missing"} else ""
     if len(loc) == 1 and top in ALLOWED and etype not in {"value_error", "missing"}:

@@ -65,6 +65,9 @@ EXAMPLES = {
     "test_fuzz_catalog": 600,
 }
 MIN_TOTAL = 10_000
+# "One clear sentence": long enough for a field, the allowed values and a suggestion, not for an echo
+# of a 10,000-character input.
+MAX_ERROR_CHARS = 1500
 
 
 # --------------------------------------------------------------------------- run report
@@ -215,6 +218,7 @@ def run_and_check(env: Env, raw_job: Any, test: str, **extra_env: str) -> dict:
         assert etype in ERROR_TYPES, f"unexpected error_type {etype!r}: {result['error'][:500]}"
         assert isinstance(result["error"], str) and result["error"].strip()
         assert "Traceback" not in result["error"]
+        assert len(result["error"]) <= MAX_ERROR_CHARS, f"error of {len(result['error'])} characters, not a sentence"
         assert set(result) <= {"error", "error_type", "details", "refresh_worker", "status", "log_tail",
                                "size_mb", "limit_mb", "models"}, sorted(result)
         if etype in {"validation", "model_not_found"}:
@@ -274,6 +278,7 @@ PATH_LIKE = [
     "file:///etc/passwd", "\\\\server\\share\\x", "a" * 300, "con", "nul", "model_a.safetensors\n", "..safetensors",
     "model..a", ".hidden", "checkpoints", "cache_registry.json", "cache_registry", "model_a.safetensors.tmp",
     "https://127.0.0.1/x.safetensors", "\ud800", "\ufeffmodel_a", "MODEL_A", "model_a.SAFETENSORS", "*", "?",
+    "é" * 200, "💥" * 100, "a" * 255, "a" * 250 + ".ckpt",  # within the character limits, over 255 bytes
 ]
 SPECIAL_FLOATS = [math.nan, math.inf, -math.inf, -0.0, 0.0, 1e308, -1e308, 5e-324, 0.5, 1.5, 2.5, 29.99, 30.0001]
 SPECIAL_INTS = [0, -1, 1, 7, 8, 63, 64, 65, 72, 150, 151, 2047, 2048, 2049, 2056, 2**31 - 1, 2**31, 2**32 - 1,
@@ -310,7 +315,8 @@ path_like = st.one_of(st.sampled_from(PATH_LIKE),
 
 
 def names(known: list[str]) -> st.SearchStrategy:
-    return st.one_of(st.sampled_from(known), st.sampled_from(PATH_LIKE), st.text(min_size=1, max_size=20))
+    return st.one_of(st.sampled_from(known), st.sampled_from(PATH_LIKE), st.text(min_size=1, max_size=20),
+                     st.text(min_size=60, max_size=255))
 
 
 # Sources: only ones that fail fast without internet (private / unresolvable hosts are refused;
