@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from cache import KIND_DIRS, ModelCache
 from cache.inspect import family_from_metadata as lora_family_from_metadata
+from cache.inspect import model_family
 from schemas.errors import A1111Error, DownloadFailed, ModelNotFound, ValidationFailed, WorkerError
 from schemas.job import Job, Source, ref_value
 
@@ -288,11 +290,6 @@ class _Resolver:
     # -- helpers ------------------------------------------------------------------------
     def cache(self) -> Any:
         if self._cache is None:
-            try:
-                from cache import ModelCache  # the cache package is optional while it is built
-            except ImportError as exc:
-                raise ModelNotFound(f"the model cache is not available ({exc}); only models A1111 "
-                                    "already lists can be used") from None
             self._cache = ModelCache(self.settings, self.catalog)
         return self._cache
 
@@ -592,8 +589,7 @@ class _Resolver:
 
 def _relative(kind: str, path: str) -> str:
     """The MODELS_DIR-relative path the cache records a model under (``loras/x.safetensors``)."""
-    folder = {"checkpoint": "checkpoints", "lora": "loras", "embedding": "embeddings"}[kind]
-    return f"{folder}/{PurePosixPath(path.replace(chr(92), '/')).name}"
+    return f"{KIND_DIRS[kind]}/{PurePosixPath(path.replace(chr(92), '/')).name}"
 
 
 def _stem(entry: dict) -> str:
@@ -610,8 +606,7 @@ def _family_from_file(models_dir: Path, relative: str) -> str | None:
         path = (root / relative).resolve()
         if root not in path.parents or not path.is_file() or path.suffix != ".safetensors":
             return None
-        from cache.inspect import model_family
-    except (OSError, ImportError, ValueError):
+    except (OSError, ValueError):
         return None
     try:
         return model_family(path)
