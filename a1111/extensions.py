@@ -195,7 +195,7 @@ def _check_controlnet(job: Any, client: Any, cache: Any) -> list[dict[str, str]]
     problems = []
     missing = [(i, u) for i, u in enumerate(units) if not controlnet_model_listed(u.model, models)]
     if missing and cache is not None:
-        missing = _place_controlnet_models(missing, cache, client, problems)
+        missing = _place_controlnet_models(missing, cache, problems)
         models = _controlnet_models(client, update=True)[0] or models
         missing = [(i, u) for i, u in missing if not controlnet_model_listed(u.model, models)]
     for i, u in missing:
@@ -213,7 +213,7 @@ def _check_controlnet(job: Any, client: Any, cache: Any) -> list[dict[str, str]]
     return problems
 
 
-def _place_controlnet_models(missing: list[tuple[int, ControlNetUnit]], cache: Any, client: Any,
+def _place_controlnet_models(missing: list[tuple[int, ControlNetUnit]], cache: Any,
                              problems: list[dict[str, str]]) -> list[tuple[int, ControlNetUnit]]:
     """Let the cache place catalog ControlNet models A1111 does not list yet; ControlNet
     rescans its folders on ``model_list?update=true``."""

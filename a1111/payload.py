@@ -102,7 +102,7 @@ def compile_txt2img(job: Job, resolved: Resolved, backend: str) -> dict[str, Any
     if job.modules and backend != "forge":
         problems.append({"field": "modules", "message": "modules (VAE / text encoders) need the Forge backend "
                                                         "(WEBUI_BACKEND=forge)"})
-    _merge(payload, _extensions(job, backend))
+    _merge(payload, compile_extensions(job, backend))
     problems += _merge_escape_hatch(payload, job.a1111 or {})
     if problems:
         more = len(problems) - 1
@@ -120,10 +120,6 @@ def compile_warnings(job: Job, resolved: Resolved, backend: str) -> list[str]:
             "payload so it never leaks into later jobs); Forge skips layers in both SDXL text encoders, so the "
             "same job can differ between the two backends")
     return warnings
-
-
-def _extensions(job: Job, backend: str) -> dict[str, Any]:
-    return compile_extensions(job, backend) or {}
 
 
 def _merge(payload: dict[str, Any], fragment: dict[str, Any]) -> None:

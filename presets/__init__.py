@@ -11,7 +11,6 @@ from typing import Any
 
 from presets import catalog as catalog_presets
 from presets import flux, rubber_tile
-from presets._jobs import caller_set
 from schemas.errors import ValidationFailed
 from schemas.presets import BUILTIN_PRESETS, preset_problems
 
@@ -55,7 +54,3 @@ def finish(job: Any, outputs: list[dict]) -> list[tuple[str, str]]:
     if getattr(job, "preset", None) == rubber_tile.NAME and getattr(job, "colors", None):
         return [("colormap", rubber_tile.color_map_png(job))]
     return []
-
-
-# Re-exported for callers that only need to know whether the caller set a field.
-caller_fields = caller_set

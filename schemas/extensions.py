@@ -21,9 +21,6 @@ MAX_CONTROL_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_ADETAILER_UNITS = 4
 MAX_CONTROLNET_UNITS = 3
 
-CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
-RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
-
 
 class _Strict(BaseModel):
     # Unknown keys are errors: a misspelled key here would otherwise reach an extension
