@@ -18,11 +18,14 @@ import argparse
 import dataclasses
 import json
 import multiprocessing as mp
+import os
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import requests
@@ -40,10 +43,6 @@ CHUNK = 1 << 20
 def _serve(path: str, port_q, stop, link_mbps: float = 0.0) -> None:
     """A minimal HTTP server sending the file with os.sendfile (little CPU, so the client side's
     work is what gets measured); /_stats answers the body bytes sent so far."""
-    import os
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     size = os.path.getsize(path)
     sent = [0]
     lock = threading.Lock()
