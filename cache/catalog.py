@@ -82,7 +82,8 @@ def _entry(raw: Any, i: int) -> CatalogEntry:
     convert = raw.get("convert")
     if convert is not None and (not isinstance(convert, dict) or convert.get("from") not in CONVERTERS
                                 or not isinstance(convert.get("file"), str)):
-        raise CatalogError(f"{where} ({raw['id']}): convert needs from in {CONVERTERS} and a file")
+        raise CatalogError(f"{where} ({raw['id']}): convert needs 'from' (one of {', '.join(CONVERTERS)}) "
+                           "and 'file' (the trainer file's name)")
     weight = raw.get("recommended_weight")
     return CatalogEntry(
         id=raw["id"], kind=raw["kind"], file=file, family=family, source=source,
