@@ -18,8 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from a1111.extensions import compile_extensions
-from a1111.names import Resolved
-from schemas.errors import ValidationFailed
+from a1111.names import Resolved, problems_error
 from schemas.job import Job
 
 DEFAULT_STEPS = 20
@@ -105,9 +104,7 @@ def compile_txt2img(job: Job, resolved: Resolved, backend: str) -> dict[str, Any
     _merge(payload, compile_extensions(job, backend))
     problems += _merge_escape_hatch(payload, job.a1111 or {})
     if problems:
-        more = len(problems) - 1
-        tail = f" (and {more} more problem{'s' if more > 1 else ''}, see details)" if more else ""
-        raise ValidationFailed(problems[0]["message"] + tail, details=problems)
+        raise problems_error(problems)  # none carries an error_type: a ValidationFailed
     return payload
 
 
