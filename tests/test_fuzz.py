@@ -63,6 +63,7 @@ EXAMPLES = {
     "test_fuzz_actions": 600,
     "test_fuzz_forge": 1000,
     "test_fuzz_catalog": 600,
+    "test_fuzz_rubber_tile": 500,
 }
 MIN_TOTAL = 10_000
 # "One clear sentence": long enough for a field, the allowed values and a suggestion, not for an echo
@@ -179,6 +180,12 @@ def _make_env(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterato
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, _nodelay: None) -> Iterator[Env]:
     yield from _make_env(tmp_path_factory, "a1111")
+
+
+@pytest.fixture(scope="module")
+def sdxl_env(tmp_path_factory: pytest.TempPathFactory, _nodelay: None) -> Iterator[Env]:
+    """The SDXL recordings (they list the rubber-tile checkpoint, LoRA and embedding)."""
+    yield from _make_env(tmp_path_factory, "a1111-sdxl")
 
 
 @pytest.fixture(scope="module")
@@ -572,6 +579,49 @@ def test_fuzz_catalog(env: Env, offline_catalog: Path, base: dict, extra: dict) 
     """Catalog ids in every model field and the catalog's presets, with the real models.json."""
     run_and_check(env, {"id": "catalog", "input": {**base, **extra}}, "test_fuzz_catalog",
                   MODELS_CATALOG=str(offline_catalog))
+
+
+def _colors(names_and_cuts: tuple[list[str], list[int]]) -> list[dict]:
+    chosen, cuts = names_and_cuts
+    edges = [0, *sorted(cuts)[: len(chosen) - 1], 100]
+    return [{"name": n, "proportion": edges[i + 1] - edges[i]} for i, n in enumerate(chosen)]
+
+
+# Mostly valid colour lists (distinct names, integer proportions summing to 100), some not.
+tile_colors = st.one_of(
+    st.tuples(st.lists(st.sampled_from(COLORS), min_size=1, max_size=4, unique=True),
+              st.lists(st.integers(1, 99), min_size=3, max_size=3, unique=True)).map(_colors),
+    GOOD["colors"])
+
+
+@pytest.fixture(scope="module")
+def tile_catalog(offline_catalog: Path) -> Path:
+    """The offline catalog with the preset's ControlNet models pointed at the one the SDXL
+    recordings list after a model was added (the API shape is what is fuzzed, not the weights)."""
+    data = json.loads(offline_catalog.read_text())
+    rubber = data.setdefault("presets", {}).setdefault("rubber_tile", {})
+    rubber["controlnet"] = {**rubber.get("controlnet", {}),
+                            "softedge": {"module": "pidinet", "model": "control_v11p_sd15_canny"},
+                            "canny": {"module": "canny", "model": "control_v11p_sd15_canny"}}
+    path = offline_catalog.with_name("tile-models.json")
+    path.write_text(json.dumps(data))
+    return path
+
+
+@settings(max_examples=EXAMPLES["test_fuzz_rubber_tile"], **FUZZ)
+@given(colors=tile_colors, extra=st.fixed_dictionaries({}, optional={
+    "angle": st.one_of(st.integers(0, 180), ints), "quality": GOOD["quality"], "seed": GOOD["seed"],
+    "prompt": texts, "negative_prompt": texts, "steps": st.integers(1, 60), "cfg_scale": st.floats(1, 30),
+    "sampler_name": GOOD["sampler_name"], "loras": GOOD["loras"], "output": GOOD["output"],
+    "width": sizes, "hires": hires_values}))
+def test_fuzz_rubber_tile(sdxl_env: Env, tile_catalog: Path, colors: list, extra: dict) -> None:
+    """The rubber-tile preset end to end: two generations, ControlNet by angle, a colour map."""
+    sdxl_env.server.respond("GET", "/controlnet/model_list", "ext_controlnet_model_list_after_adding_model")
+    inp = {"preset": "rubber_tile", "colors": colors, **extra}
+    result = run_and_check(sdxl_env, {"id": "tile", "input": inp}, "test_fuzz_rubber_tile",
+                           MODELS_CATALOG=str(tile_catalog))
+    if "error" not in result:
+        assert result.get("labels") == ["preview", "final", "colormap"], result.get("labels")
 
 
 def test_fuzz_example_count() -> None:
