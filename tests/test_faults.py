@@ -341,7 +341,7 @@ def files_server(tmp_path, monkeypatch) -> Iterator[tuple[str, type[_Files]]]:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(ctx)
     httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     yield f"https://127.0.0.1:{httpd.server_address[1]}", handler_cls
     httpd.shutdown()
     httpd.server_close()
