@@ -577,7 +577,7 @@ class _Resolver:
         for key, value in extra.items():
             fld = f"a1111.{key}"
             if key not in props:
-                self.problems.append({"field": fld, "message": f"'{key}' is not an A1111 txt2img field; "
+                self.problems.append({"field": fld, "message": f"'{key[:60]}' is not an A1111 txt2img field; "
                                                                f"{_did_you_mean(key, sorted(props))}"})
                 continue
             pointer = f"#/components/schemas/{TXT2IMG_SCHEMA}/properties/{key}"
