@@ -22,16 +22,32 @@ _MAX_IMAGE_STRING = 128
 _MAX_PARAM_STRING = 20_000
 
 
+def utf8_safe(value: Any) -> Any:
+    """``value`` with lone surrogates (what a JSON "\\ud800" escape decodes to) replaced by '?':
+    RunPod sends the result as UTF-8, which cannot encode them, so the job would be lost."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "replace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {utf8_safe(k): utf8_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [utf8_safe(v) for v in value]
+    return value
+
+
 def parse_info(raw: Any) -> dict[str, Any]:
     if isinstance(raw, dict):
-        return raw
+        return utf8_safe(raw)
     if isinstance(raw, str):
         try:
             value = json.loads(raw)
         except ValueError:
             raise A1111Error("A1111's txt2img 'info' is not valid JSON") from None
         if isinstance(value, dict):
-            return value
+            return utf8_safe(value)
     raise A1111Error("A1111's txt2img answer has no 'info' object")
 
 
@@ -64,6 +80,10 @@ def package(response: dict[str, Any], payload: dict[str, Any], resolved: Resolve
     first = info.get("index_of_first_image") if isinstance(info.get("index_of_first_image"), int) else 0
     generated = len(seeds) if seeds else len(images) - first
     out_images = images[first:] if return_control_maps else images[first:first + generated]
+    if not out_images:  # a 200 without images is a failed generation, never an empty success
+        raise A1111Error(f"A1111 answered txt2img without images ({len(images)} in its answer, "
+                         f"{len(seeds)} seeds in its info)")
+    out_images = [i if isinstance(i, str) and i.isascii() else utf8_safe(i) for i in out_images]
     notes = list(resolved.warnings) + list(warnings or [])
     ran = info.get("sd_model_name")
     if ran and resolved.checkpoint_name and str(ran).lower() != resolved.checkpoint_name.lower():

@@ -64,6 +64,7 @@ EXAMPLES = {
     "test_fuzz_forge": 1000,
     "test_fuzz_catalog": 600,
     "test_fuzz_rubber_tile": 500,
+    "test_fuzz_a1111_answers": 500,
 }
 MIN_TOTAL = 10_000
 # "One clear sentence": long enough for a field, the allowed values and a suggestion, not for an echo
@@ -622,6 +623,43 @@ def test_fuzz_rubber_tile(sdxl_env: Env, tile_catalog: Path, colors: list, extra
                            MODELS_CATALOG=str(tile_catalog))
     if "error" not in result:
         assert result.get("labels") == ["preview", "final", "colormap"], result.get("labels")
+
+
+def _answer_like_txt2img(images: Any, info: Any, extra: dict) -> dict:
+    return {"images": images, "parameters": {}, "info": info, **extra}
+
+
+# What a server can put in a JSON answer: no NaN/Infinity (Starlette's JSONResponse refuses them),
+# but anything else, lone surrogates included (a "\ud800" escape is valid JSON).
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), ints, st.floats(allow_nan=False, allow_infinity=False), texts),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(texts, kids, max_size=4), max_leaves=10)
+a1111_answers = st.one_of(
+    json_values,
+    st.builds(_answer_like_txt2img,
+              st.one_of(st.lists(st.one_of(st.just(PNG_B64), texts, json_values), max_size=3), json_values),
+              st.one_of(st.builds(json.dumps, st.dictionaries(st.sampled_from(
+                  ["all_seeds", "seed", "infotexts", "index_of_first_image", "width", "height"]), json_values)),
+                  texts, json_values),
+              st.dictionaries(texts, json_values, max_size=2)),
+    st.fixed_dictionaries({}, optional={"error": texts, "detail": json_values, "body": json_values,
+                                        "errors": texts, "message": texts}),
+)
+
+
+@settings(max_examples=EXAMPLES["test_fuzz_a1111_answers"], **FUZZ)
+@given(status=st.one_of(st.just(200), st.sampled_from([400, 404, 405, 422, 500, 502, 503, 504]),
+                        st.integers(201, 599)),
+       body=a1111_answers)
+def test_fuzz_a1111_answers(env: Env, status: int, body: Any) -> None:
+    """Whatever A1111 answers a txt2img with (status and JSON body, recorded shapes or not):
+    a clear error or a result, never a crash."""
+    env.server.fault("POST", TXT2IMG, "status", status=status, body=body, times=1)
+    try:
+        run_and_check(env, {"id": "answer", "input": {"prompt": "a photo of a cat", "steps": 1}},
+                      "test_fuzz_a1111_answers")
+    finally:
+        env.server.clear_faults()
 
 
 def test_fuzz_example_count() -> None:
