@@ -185,7 +185,8 @@ class LiveLists:
         return _as_list(self.get("/sdapi/v1/schedulers", fresh=fresh))
 
     def checkpoints(self, fresh: bool = False) -> list[dict]:
-        return _as_list(self.get("/sdapi/v1/sd-models", fresh=fresh))
+        # A1111 selects a checkpoint by its title: an entry without one cannot be used.
+        return [e for e in _as_list(self.get("/sdapi/v1/sd-models", fresh=fresh)) if isinstance(e.get("title"), str)]
 
     def loras(self, fresh: bool = False) -> list[dict]:
         return _as_list(self.get("/sdapi/v1/loras", fresh=fresh))

@@ -65,6 +65,7 @@ EXAMPLES = {
     "test_fuzz_catalog": 600,
     "test_fuzz_rubber_tile": 500,
     "test_fuzz_a1111_answers": 500,
+    "test_fuzz_list_answers": 500,
 }
 MIN_TOTAL = 10_000
 # "One clear sentence": long enough for a field, the allowed values and a suggestion, not for an echo
@@ -660,6 +661,30 @@ def test_fuzz_a1111_answers(env: Env, status: int, body: Any) -> None:
                       "test_fuzz_a1111_answers")
     finally:
         env.server.clear_faults()
+
+
+LIST_ROUTES = ["/sdapi/v1/sd-models", "/sdapi/v1/loras", "/sdapi/v1/embeddings", "/sdapi/v1/samplers",
+               "/sdapi/v1/schedulers", "/sdapi/v1/options", "/sdapi/v1/memory", "/sdapi/v1/upscalers",
+               "/sdapi/v1/latent-upscale-modes", "/adetailer/v1/ad_model", "/openapi.json"]
+
+
+@settings(max_examples=EXAMPLES["test_fuzz_list_answers"], **FUZZ)
+@given(route=st.sampled_from(LIST_ROUTES), status=st.sampled_from([200, 200, 200, 404, 500]), body=a1111_answers,
+       inp=st.sampled_from([
+           {"prompt": "a photo of a cat", "steps": 1, "loras": [{"name": "detail_tweaker", "weight": 0.5}],
+            "embeddings": ["rubber_tile"], "sampler_name": "Euler a", "hires": {"upscaler": "Latent"},
+            "adetailer": [{"model": "mediapipe_face_full"}], "a1111": {"tiling": False}},
+           {"prompt": "a photo of a cat", "checkpoint": "model_b"},
+           {"action": "health"}, {"action": "list_models"}]))
+def test_fuzz_list_answers(env: Env, route: str, status: int, body: Any, inp: dict) -> None:
+    """Whatever A1111 answers the list routes the worker reads (names, options, memory, schema)."""
+    LiveLists.forget_all()  # read every list afresh, from the faulty answer
+    env.server.fault("GET", route, "status", status=status, body=body)
+    try:
+        run_and_check(env, {"id": "lists", "input": inp}, "test_fuzz_list_answers")
+    finally:
+        env.server.clear_faults()
+        LiveLists.forget_all()
 
 
 def test_fuzz_example_count() -> None:
