@@ -167,7 +167,29 @@ def run_prefetch(parsed: Job, settings: Settings) -> dict:
     if parsed.embeddings:
         refs["embedding"] = [ref_value(r) for r in parsed.embeddings]
     placed = ModelCache(settings, catalog).prefetch(refs, catalog_defaults=parsed.catalog)
-    return {"prefetched": placed}
+    return {"models": placed, "a1111_refreshed": _refresh_lists(settings, placed)}
+
+
+_REFRESH_ROUTES = {"checkpoint": "checkpoints", "lora": "loras", "embedding": "embeddings"}
+
+
+def _refresh_lists(settings: Settings, placed: list[dict]) -> list[str]:
+    """Ask A1111 to rescan the folders that just got new files, so the next job on this worker
+    sees them at once; returns the lists refreshed. Best effort: an A1111 that is not up yet
+    scans its folders when it starts, and a txt2img job refreshes again on a miss."""
+    client = get_client(settings)
+    done = []
+    for kind in sorted({p["kind"] for p in placed if p.get("downloaded")}):
+        route = _REFRESH_ROUTES.get(kind)
+        if route is None:
+            continue
+        try:
+            client.refresh(route)
+        except WorkerError as exc:
+            log.info("prefetch: A1111 did not refresh its %s list (%s)", route, exc.message[:200])
+            continue
+        done.append(route)
+    return done
 
 
 # --------------------------------------------------------------------------- entry points

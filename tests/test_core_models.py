@@ -99,9 +99,15 @@ def test_prefetch_action_places_models(worker, https_files, models_dir):
     out = handler({"id": "t", "input": {"action": "prefetch",
                                         "loras": [{"url": f"{base}/dl/a.safetensors", "name": "pre_a"}]}})
     assert "error" not in out, out
-    assert [(p["kind"], p["name"], p["downloaded"]) for p in out["prefetched"]] == [("lora", "pre_a", True)]
+    assert [(p["kind"], p["name"], p["downloaded"]) for p in out["models"]] == [("lora", "pre_a", True)]
     assert (models_dir / "loras" / "pre_a.safetensors").is_file()
     assert worker.sent("POST", TXT2IMG) == []
+    # A1111 was asked to rescan its LoRA folder, so the next job finds the file at once
+    assert out["a1111_refreshed"] == ["loras"]
+    assert len(worker.sent("POST", "/sdapi/v1/refresh-loras")) == 1
+    again = handler({"id": "t", "input": {"action": "prefetch",
+                                          "loras": [{"url": f"{base}/dl/a.safetensors", "name": "pre_a"}]}})
+    assert [p["downloaded"] for p in again["models"]] == [False] and again["a1111_refreshed"] == []
     out = handler({"id": "t", "input": {"action": "prefetch", "checkpoints": ["not_in_catalog_anywhere"]}})
     assert out["error_type"] == "model_not_found", out
     assert "not_in_catalog_anywhere" in out["error"]

@@ -428,7 +428,7 @@ def _check_disk_results(results: list[dict], models: Path) -> None:
     big, small = results
     assert big["error_type"] == "download_failed", big
     assert "disk is full" in big["error"], big
-    assert small.get("prefetched") and small["prefetched"][0]["name"] == "small_lora", small
+    assert small.get("models") and small["models"][0]["name"] == "small_lora", small
 
 
 def test_full_disk_during_download_tmpfs(files_server, tmp_path):
@@ -510,7 +510,7 @@ def test_several_processes_update_the_registry_at_once(files_server, models_dir,
         assert p.returncode == 0, stderr[-2000:]
         result = json.loads(next(line for line in stdout.splitlines() if line.startswith("RESULT "))[7:])
         assert "error" not in result, result
-        assert sorted(m["name"] for m in result["prefetched"])[-1].startswith("shared")
+        assert sorted(m["name"] for m in result["models"])[-1].startswith("shared")
     assert files.hits["/shared.safetensors"] == 1, "the shared model was downloaded once for all workers"
     entries = json.loads((models_dir / "cache_registry.json").read_text())["entries"]
     expected = {"loras/shared.safetensors", *(f"loras/own{i}.safetensors" for i in range(n))}

@@ -244,7 +244,7 @@ def run_and_check(env: Env, raw_job: Any, test: str, **extra_env: str) -> dict:
         elif action == "list_models":
             assert isinstance(result.get("checkpoints"), list)
         elif action == "prefetch":
-            assert isinstance(result.get("prefetched"), list)
+            assert isinstance(result.get("models"), list)
         else:
             raise AssertionError(f"success for an invalid action {action!r}")
     assert _tree(env.root, env.models) == env.outside_before, "something was written outside MODELS_DIR"

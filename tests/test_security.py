@@ -125,7 +125,7 @@ def test_content_disposition_cannot_place_a_file_outside(sec_env, models_dir, tm
         monkeypatch.setenv("CIVITAI_BASE_URL", civitai.url)
         out = run({"action": "prefetch", "loras": [{"civitai": 4242}]})
     assert "error" not in out, out
-    assert out["prefetched"][0]["path"] == "loras/evil.safetensors"
+    assert out["models"][0]["path"] == "loras/evil.safetensors"
     assert not (tmp_path / "outside" / "evil.safetensors").exists()
     assert (models_dir / "loras" / "evil.safetensors").is_file()
 
@@ -175,7 +175,7 @@ def test_pickled_formats_refused_before_download(sec_env, files_server, models_d
     monkeypatch.setenv("ALLOW_PICKLE_MODELS", "1")
     out = run({"action": "prefetch", "checkpoints": [{"url": f"{base}/model{suffix}"}]})
     assert "error" not in out, out
-    assert out["prefetched"][0]["path"].endswith(suffix)
+    assert out["models"][0]["path"].endswith(suffix)
 
 
 def test_civitai_pickle_named_by_the_server_is_refused_and_removed(sec_env, models_dir, monkeypatch):
@@ -296,7 +296,7 @@ def test_tokens_never_in_logs_output_results_or_a1111(sec_env, files_server, mod
         cdn_seen = list(cdn.seen)
         hf_seen = [s for s in civitai.seen if "/owner/gated/" in s.path]
     # The jobs did what they should (so the scan below covers real paths, not early refusals).
-    assert "error" not in results[0] and results[0]["prefetched"][0]["name"] == "civ_model", results[0]
+    assert "error" not in results[0] and results[0]["models"][0]["name"] == "civ_model", results[0]
     assert results[1]["error_type"] == "download_failed" and "CIVITAI_TOKEN" in results[1]["error"], results[1]
     assert results[3]["error_type"] in {"download_failed", "model_not_found"}, results[3]
     assert results[5]["error_type"] == "upload_failed", results[5]
