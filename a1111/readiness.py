@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from a1111.client import is_out_of_memory
 from a1111.supervisor import Supervisor
 from schemas.errors import A1111Unavailable, JobTimeout, OutOfMemory
 from schemas.settings import Settings
@@ -299,8 +300,8 @@ def _warm_up(http: requests.Session, url: str, sup: Supervisor, deadline: float)
         raise _NotYet(f"warm-up txt2img: {_short(exc)}") from None
     if resp.status_code != 200:
         body = _body(resp)
-        text = f"{body.get('error', '')} {body.get('errors', '')} {body.get('message', '')}"
-        if "OutOfMemory" in text or "CUDA out of memory" in text:
+        text = f"{body.get('errors', '')} {body.get('message', '')}"
+        if is_out_of_memory(str(body.get("error", "")), text):
             raise OutOfMemory("CUDA ran out of memory during the warm-up generation; the worker will be restarted.")
         detail = " ".join(str(body.get(k) or "") for k in ("error", "errors", "message", "detail")).strip()
         raise A1111Unavailable(
