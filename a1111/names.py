@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -460,6 +461,19 @@ class _Resolver:
         self.lists.families[title] = family
         return family
 
+    def _find_listed(self, ref: str, kind: str, read: Callable[..., Any],
+                     find: Callable[[str, Any], Any]) -> tuple[Any, Any]:
+        """(catalog entry or None, A1111's match or None) for a name or catalog id; the list is
+        read again once on a miss, since A1111 may have been given the file meanwhile."""
+        entry = self.catalog_entry(ref, kind)
+        names = ([Path(entry.file).stem] if entry is not None else []) + [ref]
+        for fresh in (False, True):
+            listed = read(fresh=fresh)
+            hit = next((h for n in names if (h := find(n, listed)) is not None), None)
+            if hit is not None:
+                return entry, hit
+        return entry, None
+
     # -- LoRAs -----------------------------------------------------------------------------
     def loras(self, family: str | None, checkpoint: str) -> list[ResolvedLora]:
         out: list[ResolvedLora] = []
@@ -467,13 +481,7 @@ class _Resolver:
             entry = None
             listed_entry = None
             if isinstance(ref, str):
-                entry = self.catalog_entry(ref, "lora")
-                names = ([Path(entry.file).stem] if entry is not None else []) + [ref]
-                for fresh in (False, True):
-                    listed = self.lists.loras(fresh=fresh)
-                    listed_entry = next((e for n in names if (e := find_lora(n, listed)) is not None), None)
-                    if listed_entry is not None:
-                        break
+                entry, listed_entry = self._find_listed(ref, "lora", self.lists.loras, find_lora)
             if listed_entry is None:
                 placed = self._place_or_unknown("lora", ref, fld, [str(e.get("name")) for e in self.lists.loras()])
                 if placed is None or not self.after_placing("lora", placed.name, fld):
@@ -516,13 +524,7 @@ class _Resolver:
             fld = f"embeddings[{i}]"
             key = None
             if isinstance(ref, str):
-                entry = self.catalog_entry(ref, "embedding")
-                names = ([Path(entry.file).stem] if entry is not None else []) + [ref]
-                for fresh in (False, True):
-                    listed = self.lists.embeddings(fresh=fresh)
-                    key = next((k for n in names if (k := find_embedding(n, listed)) is not None), None)
-                    if key is not None:
-                        break
+                _, key = self._find_listed(ref, "embedding", self.lists.embeddings, find_embedding)
             if key is None:
                 placed = self._place_or_unknown("embedding", ref, fld, list(self.lists.embeddings()))
                 if placed is None or not self.after_placing("embedding", placed.name, fld):
