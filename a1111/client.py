@@ -23,7 +23,7 @@ import requests
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
 from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
 
-from schemas.errors import A1111Error, A1111Unavailable, JobTimeout, OutOfMemory, WorkerError
+from schemas.errors import A1111Error, A1111Stuck, A1111Unavailable, JobTimeout, OutOfMemory, WorkerError
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,8 @@ def map_error(method: str, path: str, status: int, body: Any) -> WorkerError:
             if error == "AttributeError" and "sd_checkpoint_info" in text:
                 # Forge after a failed (re)load: sd_model stays None and every later request fails
                 # the same way (recordings forge/stuck_*); only a fresh process is sure to recover.
-                stuck = A1111Error(f"A1111 failed on {where} (HTTP {status}): {msg[:300]}; the backend is stuck "
-                                   "after a failed model load, so the worker will be restarted", status=status)
-                stuck.refresh_worker = True
-                return stuck
+                return A1111Stuck(f"A1111 failed on {where} (HTTP {status}): {msg[:300]}; the backend is stuck "
+                                  "after a failed model load, so the worker will be restarted", status=status)
             return A1111Error(f"A1111 failed on {where} (HTTP {status}): {msg[:500]}", status=status)
         if isinstance(detail, str):  # plain FastAPI HTTPException (Forge) or routing 404/405
             if status == 404 and detail == "Not Found":

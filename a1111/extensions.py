@@ -13,7 +13,7 @@ import difflib
 import logging
 from typing import Any
 
-from schemas.errors import A1111Unavailable, WorkerError
+from schemas.errors import A1111Unavailable, ModelNotFound, Problem, WorkerError
 from schemas.extensions import ADetailerUnit, ControlNetUnit, HiresSpec, adetailer_units
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,8 @@ def compile_extensions(job: Any, backend: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- names (I/O)
-def _problem(field: str, message: str, error_type: str = "model_not_found") -> dict[str, str]:
-    return {"field": field, "message": message, "error_type": error_type}
+def _problem(field: str, message: str, error_type: str = ModelNotFound.error_type) -> Problem:
+    return Problem(field, message, error_type)
 
 
 def _suggest(name: str, known: list[str]) -> str:
@@ -150,7 +150,7 @@ def controlnet_model_listed(name: str, listed: list[str]) -> bool:
     return False
 
 
-def _check_hires(job: Any, client: Any) -> list[dict[str, str]]:
+def _check_hires(job: Any, client: Any) -> list[Problem]:
     hires = getattr(job, "hires", None)
     if hires is None:
         return []
@@ -167,7 +167,7 @@ def _check_hires(job: Any, client: Any) -> list[dict[str, str]]:
                      f"folder are read at start-up); {_suggest(hires.upscaler, names)}")]
 
 
-def _check_adetailer(job: Any, client: Any) -> list[dict[str, str]]:
+def _check_adetailer(job: Any, client: Any) -> list[Problem]:
     units = adetailer_units(getattr(job, "adetailer", None))
     if not units:
         return []
@@ -184,7 +184,7 @@ def _check_adetailer(job: Any, client: Any) -> list[dict[str, str]]:
     ]
 
 
-def _check_controlnet(job: Any, client: Any, cache: Any) -> list[dict[str, str]]:
+def _check_controlnet(job: Any, client: Any, cache: Any) -> list[Problem]:
     units = getattr(job, "controlnet", None) or []
     if not units:
         return []
@@ -214,7 +214,7 @@ def _check_controlnet(job: Any, client: Any, cache: Any) -> list[dict[str, str]]
 
 
 def _place_controlnet_models(missing: list[tuple[int, ControlNetUnit]], cache: Any,
-                             problems: list[dict[str, str]]) -> list[tuple[int, ControlNetUnit]]:
+                             problems: list[Problem]) -> list[tuple[int, ControlNetUnit]]:
     """Let the cache place catalog ControlNet models A1111 does not list yet; ControlNet
     rescans its folders on ``model_list?update=true``."""
     still = []
@@ -230,7 +230,7 @@ def _place_controlnet_models(missing: list[tuple[int, ControlNetUnit]], cache: A
     return still
 
 
-def _check_modules(job: Any, client: Any, backend: str) -> list[dict[str, str]]:
+def _check_modules(job: Any, client: Any, backend: str) -> list[Problem]:
     modules = getattr(job, "modules", None) or []
     if not modules:
         return []
@@ -252,10 +252,10 @@ def _check_modules(job: Any, client: Any, backend: str) -> list[dict[str, str]]:
     ]
 
 
-def check_extension_names(job: Any, client: Any, backend: str, *, cache: Any = None) -> list[dict[str, str]]:
+def check_extension_names(job: Any, client: Any, backend: str, *, cache: Any = None) -> list[Problem]:
     """Every problem with the job's upscaler, detector, ControlNet and module names.
 
-    Problems are ``{field, message, error_type}``; [] when all names are listed. With a
+    [] when all names are listed. With a
     ``cache`` (cache.ModelCache), catalog ControlNet models that are missing are placed
     first. Raises A1111Unavailable only when A1111 itself does not answer.
     """

@@ -25,7 +25,15 @@ from typing import Any
 from cache import KIND_DIRS, ModelCache
 from cache.inspect import family_from_metadata as lora_family_from_metadata
 from cache.inspect import model_family
-from schemas.errors import A1111Error, DownloadFailed, ModelNotFound, ValidationFailed, WorkerError
+from schemas.errors import (
+    A1111Error,
+    DownloadFailed,
+    ModelNotFound,
+    Problem,
+    ValidationFailed,
+    WorkerError,
+    problems_error,
+)
 from schemas.job import Job, Source, ref_value
 
 log = logging.getLogger(__name__)
@@ -110,17 +118,17 @@ def find_scheduler(name: str, schedulers: list[dict]) -> str | None:
 
 
 def resolve_sampler(sampler_name: str | None, scheduler: str | None, samplers: list[dict],
-                    schedulers: list[dict]) -> tuple[str, str, list[dict[str, Any]]]:
+                    schedulers: list[dict]) -> tuple[str, str, list[Problem]]:
     """(sampler, scheduler label, problems). PURE."""
-    problems: list[dict[str, Any]] = []
+    problems: list[Problem] = []
     sampler, implied = DEFAULT_SAMPLER, None
     if sampler_name is not None:
         split = split_sampler(sampler_name, samplers, schedulers)
         if split is None:
             names = [str(s.get("name")) for s in samplers]
-            problems.append({"field": "sampler_name",
-                             "message": f"unknown sampler '{sampler_name}'; {_did_you_mean(sampler_name, names)}",
-                             "suggestions": suggest(sampler_name, names)})
+            problems.append(Problem("sampler_name",
+                                    f"unknown sampler '{sampler_name}'; {_did_you_mean(sampler_name, names)}",
+                                    hints={"suggestions": suggest(sampler_name, names)}))
         else:
             sampler, implied = split
     chosen = implied or DEFAULT_SCHEDULER
@@ -128,13 +136,11 @@ def resolve_sampler(sampler_name: str | None, scheduler: str | None, samplers: l
         label = find_scheduler(scheduler, schedulers)
         if label is None:
             labels = [str(s.get("label") or s.get("name")) for s in schedulers]
-            problems.append({"field": "scheduler",
-                             "message": f"unknown scheduler '{scheduler}'; {_did_you_mean(scheduler, labels)}",
-                             "suggestions": suggest(scheduler, labels)})
+            problems.append(Problem("scheduler", f"unknown scheduler '{scheduler}'; {_did_you_mean(scheduler, labels)}",
+                                    hints={"suggestions": suggest(scheduler, labels)}))
         elif implied is not None and label != implied:
-            problems.append({"field": "scheduler",
-                             "message": f"sampler_name '{sampler_name}' already names scheduler '{implied}', "
-                                        f"but scheduler is '{scheduler}'; give one of them"})
+            problems.append(Problem("scheduler", f"sampler_name '{sampler_name}' already names scheduler "
+                                                 f"'{implied}', but scheduler is '{scheduler}'; give one of them"))
         else:
             chosen = label
     return sampler, chosen, problems
@@ -284,7 +290,7 @@ class _Resolver:
         self.job, self.client, self.settings, self.catalog = job, client, settings, catalog
         self.lists = LiveLists.for_client(client)
         self._cache = cache
-        self.problems: list[dict[str, Any]] = []
+        self.problems: list[Problem] = []
         self.warnings: list[str] = []
         self.placed: list[dict[str, Any]] = []
         self.in_use: list[str] = []  # MODELS_DIR-relative paths, kept from eviction
@@ -319,14 +325,8 @@ class _Resolver:
         """Ask the cache to place a model; None (and a problem recorded) when it cannot."""
         try:
             placed = self.cache().ensure(kind, ref_value(ref), in_use=tuple(self.in_use))
-        except ValidationFailed as exc:
-            self.problems.append({"field": fld, "message": exc.message, "error_type": "validation"})
-            return None
-        except ModelNotFound as exc:
-            self.problems.append({"field": fld, "message": exc.message, "error_type": "model_not_found"})
-            return None
-        except DownloadFailed as exc:  # reported with every other problem of the job
-            self.problems.append({"field": fld, "message": exc.message, "error_type": "download_failed"})
+        except (ValidationFailed, ModelNotFound, DownloadFailed) as exc:  # reported with every other problem
+            self.problems.append(Problem(fld, exc.message, exc.error_type))
             return None
         self.placed.append({"kind": kind, "name": placed.name, "path": placed.path,
                             "downloaded": placed.downloaded, "bytes": placed.bytes})
@@ -343,12 +343,10 @@ class _Resolver:
             log.warning("POST /sdapi/v1/refresh-%s failed: %s", refresh, exc.message)
         found = self._listed(kind, name, fresh=True)
         if not found:
-            self.problems.append({
-                "field": fld, "error_type": "model_not_found",
-                "message": f"{kind} '{name}' was placed in MODELS_DIR but A1111 does not list it after "
-                           f"POST /sdapi/v1/refresh-{refresh}; check that A1111's model folders point at "
-                           f"{self.settings.models_dir}",
-            })
+            self.problems.append(Problem(
+                fld, f"{kind} '{name}' was placed in MODELS_DIR but A1111 does not list it after "
+                     f"POST /sdapi/v1/refresh-{refresh}; check that A1111's model folders point at "
+                     f"{self.settings.models_dir}", ModelNotFound.error_type))
         return found
 
     def _listed(self, kind: str, name: str, *, fresh: bool) -> bool:
@@ -363,8 +361,8 @@ class _Resolver:
         msg = f"unknown {kind} '{name}'; {_did_you_mean(name, candidates)}"
         if reason:
             msg += f" ({reason})"
-        self.problems.append({"field": fld, "message": msg, "error_type": "model_not_found",
-                              "suggestions": suggest(name, candidates)})
+        self.problems.append(Problem(fld, msg, ModelNotFound.error_type,
+                                     hints={"suggestions": suggest(name, candidates)}))
 
     # -- checkpoint -----------------------------------------------------------------------
     def checkpoint(self) -> tuple[str, str] | None:
@@ -399,7 +397,7 @@ class _Resolver:
         before = len(self.problems)
         placed = self.place(kind, ref, fld)
         if placed is None and isinstance(ref, str) and self.catalog_entry(ref, kind) is None and all(
-                p.get("error_type") == "model_not_found" for p in self.problems[before:]):
+                p.error_type == ModelNotFound.error_type for p in self.problems[before:]):
             # A plain name nobody knows: the useful message is the suggestion, not the cache's.
             del self.problems[before:]
             self.unknown(kind, fld, ref, listed)
@@ -437,9 +435,9 @@ class _Resolver:
         if found is None and listed:
             found = listed[0]
         if found is None:
-            self.problems.append({"field": "checkpoint", "error_type": "model_not_found",
-                                  "message": "no checkpoint is available on this worker; name one in 'checkpoint' "
-                                             "(catalog id or {hf|civitai|url} source) or prefetch one"})
+            self.problems.append(Problem("checkpoint", "no checkpoint is available on this worker; name one in "
+                                         "'checkpoint' (catalog id or {hf|civitai|url} source) or prefetch one",
+                                         ModelNotFound.error_type))
             return None
         if entry is not None:
             self.warnings.append(f"no checkpoint given and the catalog default '{entry.id}' is not on this worker; "
@@ -500,18 +498,14 @@ class _Resolver:
             if family and lora_family and lora_family != family:
                 base = (listed_entry.get("metadata") or {}).get("ss_base_model_version")
                 why = f" (ss_base_model_version {base})" if base else ""
-                self.problems.append({
-                    "field": fld, "error_type": "validation",
-                    "message": f"LoRA '{name}' was made for {family_label(lora_family)}{why} but checkpoint "
-                               f"'{checkpoint}' is {family_label(family)}; A1111 would run it without a useful "
-                               f"effect. Use a {family_label(family)} LoRA or a {family_label(lora_family)} "
-                               "checkpoint",
-                })
+                self.problems.append(Problem(
+                    fld, f"LoRA '{name}' was made for {family_label(lora_family)}{why} but checkpoint "
+                         f"'{checkpoint}' is {family_label(family)}; A1111 would run it without a useful "
+                         f"effect. Use a {family_label(family)} LoRA or a {family_label(lora_family)} checkpoint"))
                 continue
             if "<" in name or ">" in name or ":" in name:
-                self.problems.append({"field": fld, "error_type": "validation",
-                                      "message": f"LoRA '{name}' cannot be used in a prompt tag: its file name "
-                                                 "contains ':', '<' or '>'; rename the file"})
+                self.problems.append(Problem(fld, f"LoRA '{name}' cannot be used in a prompt tag: its file name "
+                                                  "contains ':', '<' or '>'; rename the file"))
                 continue
             self.in_use.append(_relative("lora", str(listed_entry.get("path") or name + ".safetensors")))
             out.append(ResolvedLora(name=name, weight=float(weight), family=lora_family))
@@ -535,11 +529,9 @@ class _Resolver:
             info = self.lists.embeddings().get(key, {})
             emb_family = EMBEDDING_WIDTH.get(info.get("shape")) if isinstance(info.get("shape"), int) else None
             if family and emb_family and emb_family != family:
-                self.problems.append({
-                    "field": fld, "error_type": "validation",
-                    "message": f"embedding '{key}' is for {family_label(emb_family)} (width {info.get('shape')}) "
-                               f"but the checkpoint is {family_label(family)}; A1111 skips it silently",
-                })
+                self.problems.append(Problem(
+                    fld, f"embedding '{key}' is for {family_label(emb_family)} (width {info.get('shape')}) "
+                         f"but the checkpoint is {family_label(family)}; A1111 skips it silently"))
                 continue
             text = f"{self.job.prompt or ''}\n{self.job.negative_prompt}".lower()
             if self.job.preset is None and key.lower() not in text:
@@ -557,12 +549,12 @@ class _Resolver:
         try:
             schema_doc = self.lists.openapi()
         except WorkerError as exc:
-            self.problems.append({"field": "a1111", "message": f"cannot check a1111 fields: {exc.message}"})
+            self.problems.append(Problem("a1111", f"cannot check a1111 fields: {exc.message}"))
             return
         schema = (schema_doc.get("components") or {}).get("schemas", {}).get(TXT2IMG_SCHEMA)
         if not isinstance(schema, dict):
-            self.problems.append({"field": "a1111", "message": "A1111's /openapi.json has no txt2img schema; "
-                                                               "the a1111 fields cannot be checked"})
+            self.problems.append(Problem("a1111", "A1111's /openapi.json has no txt2img schema; "
+                                                  "the a1111 fields cannot be checked"))
             return
         props = schema.get("properties") or {}
         from jsonschema import Draft4Validator, Draft202012Validator  # only needed for the escape hatch
@@ -580,14 +572,14 @@ class _Resolver:
         for key, value in extra.items():
             fld = f"a1111.{key}"
             if key not in props:
-                self.problems.append({"field": fld, "message": f"'{key[:60]}' is not an A1111 txt2img field; "
-                                                               f"{_did_you_mean(key, sorted(props))}"})
+                self.problems.append(Problem(fld, f"'{key[:60]}' is not an A1111 txt2img field; "
+                                                  f"{_did_you_mean(key, sorted(props))}"))
                 continue
             pointer = f"#/components/schemas/{TXT2IMG_SCHEMA}/properties/{key}"
             validator = validator_cls({"$ref": uri + pointer}, registry=registry)
             errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
             if errors:
-                self.problems.append({"field": fld, "message": f"a1111.{key}: {errors[0].message[:200]}"})
+                self.problems.append(Problem(fld, f"a1111.{key}: {errors[0].message[:200]}"))
 
 
 def _relative(kind: str, path: str) -> str:
@@ -619,7 +611,7 @@ def _family_from_file(models_dir: Path, relative: str) -> str | None:
 
 
 def resolve(job: Job, client: Any, settings: Any, catalog: Any = None, *, cache: Any = None,
-            extra_problems: list[dict[str, Any]] | None = None) -> Resolved:
+            extra_problems: list[Problem] | None = None) -> Resolved:
     """Resolve every name of a txt2img job; raise one error listing every problem.
 
     ``extra_problems`` (e.g. from check_extension_names) are reported together with ours.
@@ -630,7 +622,7 @@ def resolve(job: Job, client: Any, settings: Any, catalog: Any = None, *, cache:
     lists = r.lists
     sampler, scheduler, problems = resolve_sampler(job.sampler_name, job.scheduler,
                                                    lists.samplers(), lists.schedulers())
-    if any(p["field"] == "sampler_name" for p in problems):  # a new sampler may have appeared
+    if any(p.field == "sampler_name" for p in problems):  # a new sampler may have appeared
         sampler, scheduler, problems = resolve_sampler(job.sampler_name, job.scheduler,
                                                        lists.samplers(fresh=True), lists.schedulers(fresh=True))
     r.problems.extend(problems)
@@ -648,16 +640,3 @@ def resolve(job: Job, client: Any, settings: Any, catalog: Any = None, *, cache:
     lists.loaded = title
     return Resolved(checkpoint=title, checkpoint_name=stem, family=family, sampler=sampler, scheduler=scheduler,
                     loras=loras, embeddings=embeddings, warnings=r.warnings, placed=r.placed)
-
-
-def problems_error(problems: list[dict[str, Any]]) -> WorkerError:
-    first = problems[0]["message"]
-    more = len(problems) - 1
-    tail = f" (and {more} more problem{'s' if more > 1 else ''}, see details)" if more else ""
-    details = [{k: v for k, v in p.items() if k != "error_type"} for p in problems]
-    types = {p.get("error_type") for p in problems}
-    if types <= {"model_not_found"}:
-        return ModelNotFound(first + tail, details=details)
-    if types <= {"model_not_found", "download_failed"}:
-        return DownloadFailed(first + tail, details=details)
-    return ValidationFailed(first + tail, details=details)

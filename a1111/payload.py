@@ -18,7 +18,8 @@ from __future__ import annotations
 from typing import Any
 
 from a1111.extensions import compile_extensions
-from a1111.names import Resolved, problems_error
+from a1111.names import Resolved
+from schemas.errors import Problem, problems_error
 from schemas.job import Job
 
 DEFAULT_STEPS = 20
@@ -63,7 +64,7 @@ def lora_tags(resolved: Resolved) -> str:
 def compile_txt2img(job: Job, resolved: Resolved, backend: str) -> dict[str, Any]:
     """The txt2img body for one step. Raises ValidationFailed for fields this backend
     cannot honour and for escape-hatch fields that would override the job's own."""
-    problems: list[dict[str, str]] = []
+    problems: list[Problem] = []
     prompt = job.prompt or ""
     tags = lora_tags(resolved)
     if tags:
@@ -95,16 +96,15 @@ def compile_txt2img(job: Job, resolved: Resolved, backend: str) -> dict[str, Any
         if backend == "forge":
             payload["distilled_cfg_scale"] = job.distilled_cfg_scale
         else:
-            problems.append({"field": "distilled_cfg_scale",
-                             "message": "distilled_cfg_scale is a Forge field (Flux guidance); this worker runs "
-                                        "A1111 (WEBUI_BACKEND=a1111), which would ignore it"})
+            problems.append(Problem("distilled_cfg_scale", "distilled_cfg_scale is a Forge field (Flux guidance); "
+                                    "this worker runs A1111 (WEBUI_BACKEND=a1111), which would ignore it"))
     if job.modules and backend != "forge":
-        problems.append({"field": "modules", "message": "modules (VAE / text encoders) need the Forge backend "
-                                                        "(WEBUI_BACKEND=forge)"})
+        problems.append(Problem("modules", "modules (VAE / text encoders) need the Forge backend "
+                                           "(WEBUI_BACKEND=forge)"))
     _merge(payload, compile_extensions(job, backend))
     problems += _merge_escape_hatch(payload, job.a1111 or {})
     if problems:
-        raise problems_error(problems)  # none carries an error_type: a ValidationFailed
+        raise problems_error(problems)  # all bad input: a ValidationFailed
     return payload
 
 
@@ -129,34 +129,34 @@ def _merge(payload: dict[str, Any], fragment: dict[str, Any]) -> None:
             payload[key] = value
 
 
-def _merge_escape_hatch(payload: dict[str, Any], extra: dict[str, Any]) -> list[dict[str, str]]:
-    problems: list[dict[str, str]] = []
+def _merge_escape_hatch(payload: dict[str, Any], extra: dict[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
     for key, value in extra.items():
         fld = f"a1111.{key}"
         if key in JOB_OWNED:
-            problems.append({"field": fld, "message": f"a1111.{key} is set through the job field "
-                                                      f"'{JOB_OWNED[key]}'; use that instead"})
+            problems.append(Problem(fld, f"a1111.{key} is set through the job field '{JOB_OWNED[key]}'; "
+                                         "use that instead"))
         elif key in WORKER_OWNED:
-            problems.append({"field": fld, "message": f"a1111.{key} cannot be changed: {WORKER_OWNED[key]}"})
+            problems.append(Problem(fld, f"a1111.{key} cannot be changed: {WORKER_OWNED[key]}"))
         elif key == "override_settings":
             if not isinstance(value, dict):
-                problems.append({"field": fld, "message": "a1111.override_settings must be an object"})
+                problems.append(Problem(fld, "a1111.override_settings must be an object"))
                 continue
             for opt, v in value.items():
                 if opt in OVERRIDE_OWNED:
-                    problems.append({"field": f"{fld}.{opt}", "message": f"a1111.override_settings.{opt} is set "
-                                     f"through the job field '{OVERRIDE_OWNED[opt]}'; use that instead"})
+                    problems.append(Problem(f"{fld}.{opt}", f"a1111.override_settings.{opt} is set through the "
+                                            f"job field '{OVERRIDE_OWNED[opt]}'; use that instead"))
                 else:
                     payload["override_settings"][opt] = v
         elif key == "alwayson_scripts":
             if not isinstance(value, dict):
-                problems.append({"field": fld, "message": "a1111.alwayson_scripts must be an object"})
+                problems.append(Problem(fld, "a1111.alwayson_scripts must be an object"))
                 continue
             taken = {k.lower() for k in payload.get("alwayson_scripts", {})}
             for script, args in value.items():
                 if script.lower() in taken:
-                    problems.append({"field": f"{fld}.{script}", "message": f"alwayson script '{script}' is "
-                                     "already set by the job's adetailer / controlnet fields"})
+                    problems.append(Problem(f"{fld}.{script}", f"alwayson script '{script}' is already set by "
+                                            "the job's adetailer / controlnet fields"))
                 else:
                     payload.setdefault("alwayson_scripts", {})[script] = args
         else:

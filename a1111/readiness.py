@@ -26,7 +26,7 @@ import requests
 
 from a1111.client import is_out_of_memory
 from a1111.supervisor import Supervisor
-from schemas.errors import A1111Unavailable, JobTimeout, OutOfMemory
+from schemas.errors import A1111ProcessDied, A1111Unavailable, JobTimeout, OutOfMemory
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,11 @@ def _check_alive(sup: Supervisor) -> None:
         raise _died(sup, "A1111 is no longer running")
 
 
-def _died(sup: Supervisor, what: str) -> A1111Unavailable:
+def _died(sup: Supervisor, what: str) -> A1111ProcessDied:
     tail = sup.log_tail()
     log.error("%s; last lines of its log:\n%s", what, "\n".join(tail))
-    return A1111Unavailable(
+    return A1111ProcessDied(
         f"{what}; the worker will be restarted (log_tail holds the end of A1111's log).",
-        process_died=True,
         log_tail=tail,
     )
 
@@ -329,7 +328,7 @@ def _short(exc: BaseException) -> str:
 def recheck_unavailable(exc: A1111Unavailable, supervisor: Supervisor | None = None) -> A1111Unavailable:
     """A1111 stopped answering mid-job: if its process is gone, say so (log tail, recycle the
     worker); if it is alive, keep the error as it is (a slow or busy A1111 is not broken)."""
-    if exc.refresh_worker:
+    if isinstance(exc, A1111ProcessDied):
         return exc
     sup = supervisor if supervisor is not None else Supervisor.from_env()
     if sup.alive() is False:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cache.catalog import Catalog, CatalogError
+from cache.catalog import Catalog
 from cache.convert import convert_trainer_ti, is_trainer_ti
 from cache.download import DownloadConfig, Fetched, fetch_url
 from cache.evict import evict
@@ -28,7 +28,15 @@ from cache.inspect import NotSafetensors, model_family, safetensors_header
 from cache.refs import ModelRequest, parse_ref, source_key
 from cache.registry import Registry, lease, now
 from cache.safety import MODEL_EXTS, check_format, inside, redact_url, safe_name
-from schemas.errors import DownloadFailed, ModelNotFound, ValidationFailed, WorkerError
+from schemas.errors import (
+    CatalogError,
+    DownloadFailed,
+    ModelNotFound,
+    Problem,
+    ValidationFailed,
+    WorkerError,
+    problems_error,
+)
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -298,7 +306,7 @@ class ModelCache:
             todo += [(e.kind, e.id) for e in self.catalog.defaults()]
         seen: set[str] = set()
         placed: list[dict] = []
-        failures: list[dict] = []
+        failures: list[Problem] = []
         for kind, ref in todo:
             key = f"{kind}|{_shown(ref)}"
             if key in seen:
@@ -307,16 +315,13 @@ class ModelCache:
             try:
                 p = self.ensure(kind, ref, in_use=[x["path"] for x in placed])
             except WorkerError as exc:
-                failures.append({"kind": kind, "ref": _shown(ref), "error": exc.message,
-                                 "error_type": exc.error_type})
+                failures.append(Problem(kind, exc.message, exc.error_type, hints={
+                    "kind": kind, "ref": _shown(ref), "error": exc.message, "error_type": exc.error_type}))
             else:
                 placed.append(p.as_dict())
         if failures:
-            types = {f["error_type"] for f in failures}
-            cls = ModelNotFound if types == {"model_not_found"} else \
-                ValidationFailed if "validation" in types else DownloadFailed
-            raise cls(f"prefetch: {len(failures)} of {len(seen)} model(s) could not be placed; first: "
-                      f"{failures[0]['error']}", details=failures, models=placed)
+            raise problems_error(failures, lead=f"prefetch: {len(failures)} of {len(seen)} model(s) could not be "
+                                                "placed; first: ", models=placed)
         return placed
 
 

@@ -21,17 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import WorkerError
+from schemas.errors import CatalogError
 
 KINDS = ("checkpoint", "lora", "embedding", "controlnet", "adetailer", "upscaler", "vae", "text_encoder")
 FAMILIES = ("sd15", "sdxl", "flux")
 CONVERTERS = ("sdxl_ti_trainer",)
-
-
-class CatalogError(WorkerError):
-    """models.json is unreadable or inconsistent (an operator error, reported clearly)."""
-
-    error_type = "catalog"  # the operator's models.json, not the caller's input
 
 
 @dataclass(frozen=True)

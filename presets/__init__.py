@@ -11,7 +11,7 @@ from typing import Any
 
 from presets import catalog as catalog_presets
 from presets import flux, rubber_tile
-from schemas.errors import ValidationFailed
+from schemas.errors import Problem, problems_error
 from schemas.presets import BUILTIN_PRESETS, preset_problems
 
 __all__ = ["Step", "expand", "finish"]
@@ -31,9 +31,7 @@ def expand(job: Any, catalog: Any, settings: Any) -> list[Step]:
     """The generation steps of a job; raises ValidationFailed for bad preset input."""
     problems = preset_problems(job)
     if problems:
-        raise ValidationFailed(problems[0]["message"] if len(problems) == 1
-                               else f"{len(problems)} problems with the preset fields: "
-                               + "; ".join(p["message"] for p in problems), details=problems)
+        raise problems_error(problems)
     name = getattr(job, "preset", None)
     if name is None:
         return [Step(None, job)]
@@ -45,8 +43,8 @@ def expand(job: Any, catalog: Any, settings: Any) -> list[Step]:
     configured = (getattr(catalog, "presets", None) or {}).get(name)
     if isinstance(configured, dict):
         return [Step(None, catalog_presets.expand(job, name, configured))]
-    raise ValidationFailed(f"preset {name!r} is unknown; known presets: {', '.join(known_presets(catalog))}",
-                           details=[{"field": "preset", "message": f"unknown preset {name!r}"}])
+    raise problems_error([Problem("preset", f"unknown preset {name!r}")],
+                         message=f"preset {name!r} is unknown; known presets: {', '.join(known_presets(catalog))}")
 
 
 def finish(job: Any, outputs: list[dict]) -> list[tuple[str, str]]:

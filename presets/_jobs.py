@@ -6,7 +6,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import ValidationFailed
+from schemas.errors import Problem, problems_error
 
 # A1111 seeds are 32-bit; -1 asks A1111 for a random one.
 SEED_LIMIT = 2**32
@@ -29,11 +29,10 @@ def rebuild(job: Any, values: dict[str, Any]) -> Any:
         return type(job).model_validate(data)
     except ValueError as exc:  # pydantic.ValidationError is a ValueError
         errors = getattr(exc, "errors", lambda: [])()
-        details = [{"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
-                   for e in errors] or [{"field": "preset", "message": str(exc)}]
-        raise ValidationFailed("the preset's settings do not combine with this job's fields: "
-                               + "; ".join(f"{d['field']}: {d['message']}" for d in details[:5]),
-                               details=details) from None
+        problems = [Problem(".".join(str(p) for p in e.get("loc", ())), e.get("msg", "")) for e in errors] \
+            or [Problem("preset", str(exc))]
+        raise problems_error(problems, lead="the preset's settings do not combine with this job's fields: "
+                                            f"{problems[0].field}: ") from None
 
 
 def concrete_seed(job: Any) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from presets._jobs import caller_set, rebuild
-from schemas.errors import ValidationFailed
+from schemas.errors import Problem, problems_error
 
 
 def _lora_key(item: dict[str, Any]) -> str:
@@ -20,8 +20,8 @@ def _lora_key(item: dict[str, Any]) -> str:
 def expand(job: Any, name: str, config: dict[str, Any]) -> Any:
     defaults = config.get("defaults")
     if not isinstance(defaults, dict):
-        raise ValidationFailed(f"preset {name!r} in models.json has no 'defaults' object",
-                               details=[{"field": "preset", "message": "catalog preset without defaults"}])
+        raise problems_error([Problem("preset", "catalog preset without defaults")],
+                             message=f"preset {name!r} in models.json has no 'defaults' object")
     given = caller_set(job)
     values = {k: v for k, v in defaults.items() if k not in given and k != "loras"}
     preset_loras = [dict(x) for x in defaults.get("loras", [])]

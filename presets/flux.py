@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from presets._jobs import a1111_name, caller_set, module_file_name, preset_config, rebuild
-from schemas.errors import ValidationFailed
+from schemas.errors import Problem, problems_error
 
 NAME = "flux"
 # Overridable from models.json ``presets.flux``. Model values are catalog ids or file names.
@@ -34,10 +34,10 @@ PLAIN_FIELDS = ("width", "height", "steps", "cfg_scale", "distilled_cfg_scale", 
 
 def expand(job: Any, catalog: Any, settings: Any) -> list[tuple[str | None, Any]]:
     if getattr(settings, "backend", "a1111") != "forge":
-        raise ValidationFailed(
-            "preset 'flux' needs the Forge backend (WEBUI_BACKEND=forge): this worker runs A1111, which "
-            "cannot load Flux's separate VAE and text encoders",
-            details=[{"field": "preset", "message": "flux requires WEBUI_BACKEND=forge"}])
+        raise problems_error(
+            [Problem("preset", "flux requires WEBUI_BACKEND=forge")],
+            message="preset 'flux' needs the Forge backend (WEBUI_BACKEND=forge): this worker runs A1111, which "
+                    "cannot load Flux's separate VAE and text encoders")
     cfg = preset_config(catalog, NAME, DEFAULTS)
     given = caller_set(job)
     values: dict[str, Any] = {f: cfg[f] for f in PLAIN_FIELDS if f not in given}

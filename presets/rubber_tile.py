@@ -12,7 +12,7 @@ from typing import Any
 
 from presets import drawing
 from presets._jobs import a1111_name, caller_set, concrete_seed, preset_config, rebuild
-from schemas.errors import ValidationFailed
+from schemas.errors import Problem, problems_error
 from schemas.presets import COLOR_RGB
 
 NAME = "rubber_tile"
@@ -103,11 +103,11 @@ def expand(job: Any, catalog: Any, settings: Any) -> list[tuple[str, Any]]:
     given = caller_set(job)
     fixed = [f for f in FIXED_FIELDS if f in given]
     if fixed:
-        raise ValidationFailed(
-            f"{', '.join(fixed)} cannot be set with preset 'rubber_tile': it generates a "
-            f"{PREVIEW_SIZE}x{PREVIEW_SIZE} preview and a {FINAL_SIZE}x{FINAL_SIZE} final image, with steps "
-            f"from quality (preview, standard, high)",
-            details=[{"field": f, "message": "fixed by preset rubber_tile"} for f in fixed])
+        raise problems_error(
+            [Problem(f, "fixed by preset rubber_tile") for f in fixed],
+            message=f"{', '.join(fixed)} cannot be set with preset 'rubber_tile': it generates a "
+                    f"{PREVIEW_SIZE}x{PREVIEW_SIZE} preview and a {FINAL_SIZE}x{FINAL_SIZE} final image, with steps "
+                    f"from quality (preview, standard, high)")
     cfg = preset_config(catalog, NAME, DEFAULTS)
     quality = getattr(job, "quality", None) or "standard"
     preview_steps, final_steps, cfg_scale = PROFILES[quality]

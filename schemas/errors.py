@@ -1,14 +1,18 @@
-"""The worker's error hierarchy and the one place that turns an error into a job result.
+"""The worker's error hierarchy, its one problem type, and the one place that turns an
+error into a job result.
 
 Every expected failure is raised as a ``WorkerError`` subclass deep in the code and
 converted here, so that messages, ``error_type`` values and ``refresh_worker`` follow
 one rule: the job gets ``{"error": <one sentence>, "error_type": ..., "details"?: [...]}``
-and never a traceback.
+and never a traceback. Code that collects several problems (job fields, names, preset
+values, prefetch failures) gathers ``Problem`` values and raises ``problems_error``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -21,6 +25,12 @@ class WorkerError(Exception):
     # True only when the worker itself is broken (A1111 died, CUDA state poisoned):
     # RunPod then recycles it. Never for bad input: every refresh is a cold start.
     refresh_worker = False
+
+    def __init_subclass__(cls, error_type: str | None = None, **kw: Any) -> None:
+        # ``class X(WorkerError, error_type="x")``: each error names its type where it is declared.
+        super().__init_subclass__(**kw)
+        if error_type is not None:
+            cls.error_type = error_type
 
     def __init__(self, message: str, *, details: list[Any] | None = None, **extra: Any) -> None:
         super().__init__(message)
@@ -38,63 +48,107 @@ class WorkerError(Exception):
         return result
 
 
-class ValidationFailed(WorkerError):
+# Bad input or missing models: the caller can fix these, the worker stays as it is.
+class ValidationFailed(WorkerError, error_type="validation"):
     """The job input is wrong; ``details`` lists every problem at once."""
 
-    error_type = "validation"
 
-
-class ModelNotFound(WorkerError):
+class ModelNotFound(WorkerError, error_type="model_not_found"):
     """A model the job names is not in the catalog, on the volume, or listed by A1111."""
 
-    error_type = "model_not_found"
 
-
-class DownloadFailed(WorkerError):
+class DownloadFailed(WorkerError, error_type="download_failed"):
     """A model could not be downloaded or verified; nothing partial is left behind."""
 
-    error_type = "download_failed"
+
+class CatalogError(WorkerError, error_type="catalog"):
+    """models.json is unreadable or inconsistent: the operator's file, not the caller's input."""
 
 
-class A1111Unavailable(WorkerError):
+# A1111 itself.
+class A1111Unavailable(WorkerError, error_type="a1111_unavailable"):
     """A1111 is not (or no longer) answering."""
 
-    error_type = "a1111_unavailable"
 
-    def __init__(self, message: str, *, process_died: bool = False, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.refresh_worker = process_died
+class A1111ProcessDied(A1111Unavailable):
+    """The A1111 process exited: only a fresh worker brings it back."""
 
-
-class OutOfMemory(WorkerError):
-    """CUDA ran out of memory; the CUDA state may be poisoned, so the worker is recycled."""
-
-    error_type = "out_of_memory"
     refresh_worker = True
 
 
-class JobTimeout(WorkerError):
+class A1111Error(WorkerError, error_type="a1111_error"):
+    """A1111 answered with an error that is not one of the other cases."""
+
+
+class A1111Stuck(A1111Error):
+    """A1111 answers, but every request fails the same way until the process is restarted."""
+
+    refresh_worker = True
+
+
+class OutOfMemory(WorkerError, error_type="out_of_memory"):
+    """CUDA ran out of memory; the CUDA state may be poisoned, so the worker is recycled."""
+
+    refresh_worker = True
+
+
+class JobTimeout(WorkerError, error_type="timeout"):
     """The job ran past its deadline or was cancelled; A1111 was interrupted."""
 
-    error_type = "timeout"
 
-
-class A1111Error(WorkerError):
-    """A1111 answered with an error that is not one of the cases above."""
-
-    error_type = "a1111_error"
-
-
-class ResultTooLarge(WorkerError):
+# Delivering the result.
+class ResultTooLarge(WorkerError, error_type="result_too_large"):
     """The result is over RunPod's size limit and cannot be uploaded."""
 
-    error_type = "result_too_large"
 
-
-class UploadFailed(WorkerError):
+class UploadFailed(WorkerError, error_type="upload_failed"):
     """Uploading the images to the bucket failed."""
 
-    error_type = "upload_failed"
+
+# --------------------------------------------------------------------------- problems
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a job, found while looking for all of them.
+
+    ``error_type`` decides which error a set of problems becomes (see ``problems_error``);
+    ``hints`` are extra keys of the problem's entry in ``details`` (``suggestions``,
+    ``allowed``, a prefetch failure's ``kind``/``ref``...).
+    """
+
+    field: str
+    message: str
+    error_type: str = ValidationFailed.error_type
+    hints: Mapping[str, Any] = field(default_factory=dict)
+
+    def detail(self) -> dict[str, Any]:
+        return {"field": self.field, "message": self.message, **self.hints}
+
+    def __getitem__(self, key: str) -> Any:
+        # A problem reads like its entry in ``details``: p["field"], p["suggestions"].
+        return self.detail()[key]
+
+
+def problems_error(problems: Sequence[Problem], *, lead: str = "", message: str | None = None,
+                   **extra: Any) -> WorkerError:
+    """The one error for a non-empty list of problems: ``lead``, the first message, and how
+    many more there are in ``details`` (or ``message``, where one sentence says it better).
+
+    Its class follows the problems: ModelNotFound when every one is a missing model,
+    ValidationFailed when any is bad input (the caller must fix that first), else
+    DownloadFailed (missing models mixed with failed downloads, or other failures).
+    """
+    first = problems[0].message
+    more = len(problems) - 1
+    tail = f" (and {more} more problem{'s' if more > 1 else ''}, see details)" if more else ""
+    types = {p.error_type for p in problems}
+    cls: type[WorkerError]
+    if types == {ModelNotFound.error_type}:
+        cls = ModelNotFound
+    elif ValidationFailed.error_type in types:
+        cls = ValidationFailed
+    else:
+        cls = DownloadFailed
+    return cls(message or lead + first + tail, details=[p.detail() for p in problems], **extra)
 
 
 def error_result(exc: BaseException) -> dict[str, Any]:

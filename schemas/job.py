@@ -1,4 +1,4 @@
-"""Job input (design.md section 3): pydantic models and ``parse_job``.
+"""Job input: the pydantic model of a job's ``input`` and ``parse_job``.
 
 A1111 accepts almost anything and silently drops or coerces what it does not like (an
 unknown field, ``"20"`` for 20, 1.5 truncated to 1, width 70). So the worker is strict:
@@ -11,33 +11,35 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
-import reprlib
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from schemas.errors import ValidationFailed
+from schemas.errors import Problem, problems_error
 from schemas.extensions import ADetailerField, ControlNetUnits, HiresSpec
+from schemas.messages import clean_loc, got, loc_text
 from schemas.output import OutputOptions
 from schemas.presets import Angle, Quality, RubberTileColors, preset_problems
+from schemas.refs import (
+    CivitaiSource,
+    HFSource,
+    LoraSpec,
+    ModelRef,
+    Source,
+    UrlSource,
+    check_https,
+    check_name,
+    ref_value,
+)
+
+__all__ = ["CivitaiSource", "HFSource", "Job", "LoraSpec", "ModelRef", "Source", "UrlSource", "parse_job",
+           "ref_value"]
 
 ACTIONS = ("txt2img", "health", "list_models", "prefetch")
 MAX_LORAS = 16
 MAX_EMBEDDINGS = 16
 MAX_PROMPT = 10_000
 SEED_MAX = 2**32 - 1
-# A model reference names a file inside one model folder: no separators, no "..".
-_REF_RE = re.compile(r"^[^/\\\x00]{1,255}$")
 
 # What each field allows, in the words the error messages use.
 ALLOWED: dict[str, str] = {
@@ -81,127 +83,6 @@ PREFETCH_FIELDS = {"checkpoints", "loras", "embeddings", "catalog"}
 TXT2IMG_ONLY = {"checkpoints", "catalog"}
 
 
-# --------------------------------------------------------------------------- model references
-class _Ref(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-    name: str | None = Field(None, min_length=1, max_length=200, description="stem to store the file under")
-
-
-class HFSource(_Ref):
-    hf: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", description="owner/repo")
-    file: str = Field(min_length=1, max_length=500)
-    revision: str | None = Field(None, min_length=1, max_length=100)
-
-
-class CivitaiSource(_Ref):
-    civitai: int = Field(ge=1, description="Civitai model version id")
-
-
-class UrlSource(_Ref):
-    url: str = Field(min_length=9, max_length=2000)
-    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
-
-
-Source = HFSource | CivitaiSource | UrlSource
-_SOURCES = {"hf": HFSource, "civitai": CivitaiSource, "url": UrlSource}
-
-
-def _check_name(value: str) -> str:
-    if not _REF_RE.match(value) or value.strip() in {"", ".", ".."} or ".." in value.split("."):
-        raise ValueError(f"{_got(value)} is not a plain model name: no path separators or '..' allowed")
-    if value != value.strip():
-        raise ValueError(f"{_got(value)} has leading or trailing spaces")
-    return value
-
-
-def _check_https(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.netloc:
-        raise ValueError(f"{_got(url)} is not an https:// URL")
-    return url
-
-
-def _parse_ref(value: Any) -> str | Source:
-    """A model reference: a name (catalog id / file on the volume) or one source object."""
-    if isinstance(value, str):
-        return _check_name(value)
-    if isinstance(value, BaseModel) and isinstance(value, HFSource | CivitaiSource | UrlSource):
-        return value
-    if isinstance(value, dict):
-        kinds = [k for k in _SOURCES if k in value]
-        if len(kinds) != 1:
-            raise ValueError("a model source object needs exactly one of 'hf' (with 'file'), 'civitai' or 'url'")
-        try:
-            src = _SOURCES[kinds[0]].model_validate(value)
-        except ValidationError as exc:
-            raise ValueError("; ".join(_short_error(e) for e in exc.errors())) from None
-        if isinstance(src, UrlSource):
-            _check_https(src.url)
-        if isinstance(src, HFSource):
-            # A file at the top of the repo (every catalog source is): a folder part would make
-            # the stored name ambiguous, and path-like names are refused everywhere.
-            try:
-                _check_name(src.file)
-            except ValueError:
-                raise ValueError(f"file {src.file!r} must be a file name at the top of the Hugging Face "
-                                 "repo (no folders, no '..')") from None
-        if src.name is not None:
-            _check_name(src.name)
-        return src
-    raise ValueError("a model reference is a name string or an object {hf, file} | {civitai} | {url}")
-
-
-ModelRef = Annotated[str | Source, BeforeValidator(_parse_ref)]
-
-
-def ref_value(ref: str | Source) -> str | dict[str, Any]:
-    """The form cache.ModelCache takes: the string, or the source as a plain dict."""
-    return ref if isinstance(ref, str) else ref.model_dump(exclude_none=True)
-
-
-# --------------------------------------------------------------------------- LoRAs
-class LoraSpec(BaseModel):
-    """``{name, weight}`` or ``{hf|civitai|url source, weight}`` (``name`` then = stored stem)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-    name: str | None = Field(None, min_length=1, max_length=200)
-    hf: str | None = None
-    file: str | None = None
-    revision: str | None = None
-    civitai: int | None = None
-    url: str | None = None
-    sha256: str | None = None
-    # None: the catalog's recommended weight, else 1.0.
-    weight: float | None = Field(None, ge=-5.0, le=5.0, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_string(cls, value: Any) -> Any:
-        # A bare string is shorthand for {"name": ...}.
-        return {"name": value} if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _one_source(self) -> LoraSpec:
-        kinds = [k for k in ("hf", "civitai", "url") if getattr(self, k) is not None]
-        if len(kinds) > 1:
-            raise ValueError("give one source per LoRA: 'name', or one of 'hf' (with 'file'), 'civitai', 'url'")
-        if not kinds and self.name is None:
-            raise ValueError("a LoRA needs 'name' (catalog id or file on the volume) or a source 'hf'/'civitai'/'url'")
-        if not kinds and any(getattr(self, k) is not None for k in ("file", "revision", "sha256")):
-            raise ValueError("'file', 'revision' and 'sha256' belong to an 'hf' or 'url' source")
-        self.ref()  # validates the reference itself
-        return self
-
-    def ref(self) -> str | Source:
-        """The model reference this entry names."""
-        data = {k: getattr(self, k) for k in ("name", "hf", "file", "revision", "civitai", "url", "sha256")
-                if getattr(self, k) is not None}
-        if set(data) == {"name"}:
-            return _parse_ref(data["name"])
-        return _parse_ref(data)
-
-
 # --------------------------------------------------------------------------- the job
 def _multiple_of_8(v: int | None) -> int | None:
     if v is not None and v % 8:
@@ -218,7 +99,7 @@ def _not_blank(v: str | None) -> str | None:
 
 def _https_list(v: list[str]) -> list[str]:
     for url in v:
-        _check_https(url)
+        check_https(url)
     return v
 
 
@@ -286,7 +167,7 @@ class Job(BaseModel):
     quality: Quality | None = None
     # Forge's VAE / text-encoder files (override_settings.forge_additional_modules); set by
     # the flux preset, or by a caller who loads a UNet-only checkpoint.
-    modules: list[Annotated[str, AfterValidator(_check_name)]] | None = Field(None, max_length=8)
+    modules: list[Annotated[str, AfterValidator(check_name)]] | None = Field(None, max_length=8)
     output: OutputOptions | None = None
     a1111: Annotated[dict[str, Any] | None, AfterValidator(_plain_json)] = None
     # prefetch
@@ -316,117 +197,69 @@ class Job(BaseModel):
 
 
 # --------------------------------------------------------------------------- problems
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
-    # Drop pydantic's internal union / validator tags from the location path.
-    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p in {"str", "int", "float", "bool",
-                                                                                  "list", "dict"})))
-
-
-def _short_error(err: dict[str, Any]) -> str:
-    msg = str(err.get("msg", "invalid"))
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if msg.startswith(prefix):
-            msg = msg[len(prefix):]
-    loc = _loc(_clean_loc(tuple(err.get("loc", ()))))
-    return f"{loc}: {msg}" if loc else msg
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 3, 60, 60
-
-
-def _got(value: Any) -> str:
-    # reprlib, not repr: a value nested ~1000 deep (json.loads allows it) would exhaust the recursion.
-    text = _REPR.repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _problem_from(err: dict[str, Any], known_fields: list[str]) -> dict[str, Any]:
-    loc = _clean_loc(tuple(err.get("loc", ())))
-    field = _loc(loc) or "input"
+def _problem_from(err: dict[str, Any], known_fields: list[str]) -> Problem:
+    loc = clean_loc(tuple(err.get("loc", ())))
+    field = loc_text(loc) or "input"
     etype = err.get("type", "")
     msg = str(err.get("msg", ""))
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             msg = msg[len(prefix):]
-    problem: dict[str, Any] = {"field": field}
     top = str(loc[0]) if loc else ""
     if etype == "extra_forbidden":
         name = str(loc[-1]) if loc else field
-        if len(loc) == 1:
-            close = difflib.get_close_matches(name, known_fields, 1, 0.7)
-            guess = SYNONYMS.get(name.lower()) or (close[0] if close else None)
-            hint = f"; did you mean '{guess}'?" if guess else "; see the input fields in the README"
-            problem["message"] = f"unknown field {_got(name)}{hint}"
-            if guess:
-                problem["suggestion"] = guess
-        else:
-            problem["message"] = f"unknown field {_got(name)} in {_loc(loc[:-1])}"
-        return problem
-    got = f", got {_got(err['input'])}" if "input" in err and etype not in {"missing"} else ""
+        if len(loc) != 1:
+            return Problem(field, f"unknown field {got(name)} in {loc_text(loc[:-1])}")
+        close = difflib.get_close_matches(name, known_fields, 1, 0.7)
+        guess = SYNONYMS.get(name.lower()) or (close[0] if close else None)
+        hint = f"; did you mean '{guess}'?" if guess else "; see the input fields in the README"
+        return Problem(field, f"unknown field {got(name)}{hint}", hints={"suggestion": guess} if guess else {})
+    shown = f", got {got(err['input'])}" if "input" in err and etype not in {"missing"} else ""
     if len(loc) == 1 and top in ALLOWED and etype not in {"value_error", "missing"}:
-        problem["message"] = f"{field} must be {ALLOWED[top]}{got}"
-        problem["allowed"] = ALLOWED[top]
-    elif etype == "missing":
-        problem["message"] = f"{field} is required"
-    else:
-        joiner = " " if msg.startswith("must") else ": "
-        problem["message"] = f"{field}{joiner}{msg}{got if etype != 'value_error' else ''}"
-    return problem
+        return Problem(field, f"{field} must be {ALLOWED[top]}{shown}", hints={"allowed": ALLOWED[top]})
+    if etype == "missing":
+        return Problem(field, f"{field} is required")
+    joiner = " " if msg.startswith("must") else ": "
+    return Problem(field, f"{field}{joiner}{msg}{shown if etype != 'value_error' else ''}")
 
 
-def _problems(exc: ValidationError) -> list[dict[str, Any]]:
+def _problems(exc: ValidationError) -> list[Problem]:
     known = sorted(Job.model_fields)
     seen: set[tuple[str, str]] = set()
     out = []
     for err in exc.errors(include_url=False):
         p = _problem_from(err, known)
-        key = (p["field"], p["message"])
-        if key not in seen:
-            seen.add(key)
+        if (p.field, p.message) not in seen:
+            seen.add((p.field, p.message))
             out.append(p)
     return out
 
 
-def _action_problems(job: Job) -> list[dict[str, Any]]:
+def _action_problems(job: Job) -> list[Problem]:
     given = job.model_fields_set - {"action"}
-    problems: list[dict[str, Any]] = []
+    problems: list[Problem] = []
     if job.action in {"health", "list_models"}:
         for name in sorted(given):
-            problems.append({"field": name, "message": f"action '{job.action}' takes no other fields; remove '{name}'"})
+            problems.append(Problem(name, f"action '{job.action}' takes no other fields; remove '{name}'"))
     elif job.action == "prefetch":
         for name in sorted(given - PREFETCH_FIELDS):
-            problems.append({"field": name, "message": f"action 'prefetch' takes only "
-                                                       f"{', '.join(sorted(PREFETCH_FIELDS))}; remove '{name}'"})
+            problems.append(Problem(name, f"action 'prefetch' takes only {', '.join(sorted(PREFETCH_FIELDS))}; "
+                                          f"remove '{name}'"))
         if job.loras and any(spec.weight is not None for spec in job.loras):
-            problems.append({"field": "loras", "message": "prefetch places LoRAs only; remove 'weight'"})
+            problems.append(Problem("loras", "prefetch places LoRAs only; remove 'weight'"))
         if not (given & PREFETCH_FIELDS):
-            problems.append({"field": "action", "message": "action 'prefetch' needs at least one of checkpoints, "
-                                                           "loras, embeddings or catalog: true"})
+            problems.append(Problem("action", "action 'prefetch' needs at least one of checkpoints, loras, "
+                                              "embeddings or catalog: true"))
     else:
         for name in sorted(given & TXT2IMG_ONLY):
-            problems.append({"field": name, "message": f"'{name}' is only used with action 'prefetch'"})
+            problems.append(Problem(name, f"'{name}' is only used with action 'prefetch'"))
         if job.prompt is None and job.preset is None:
-            problems.append({"field": "prompt", "message": f"prompt is required: {ALLOWED['prompt']}"})
+            problems.append(Problem("prompt", f"prompt is required: {ALLOWED['prompt']}"))
         problems.extend(preset_problems(job))
     return problems
 
 
-def summary(problems: list[dict[str, Any]]) -> str:
-    first = problems[0]["message"]
-    more = len(problems) - 1
-    tail = f" (and {more} more problem{'s' if more > 1 else ''}, see details)" if more else ""
-    return f"invalid job input: {first}{tail}"
+_LEAD = "invalid job input: "
 
 
 def parse_job(raw: Any) -> Job:
@@ -434,21 +267,17 @@ def parse_job(raw: Any) -> Job:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ValidationFailed(
-            f"invalid job input: 'input' must be a JSON object, got {type(raw).__name__}",
-            details=[{"field": "input", "message": "must be a JSON object"}],
-        )
-    early: list[dict[str, Any]] = []
+        raise problems_error([Problem("input", "must be a JSON object")],
+                             message=f"{_LEAD}'input' must be a JSON object, got {type(raw).__name__}")
+    early: list[Problem] = []
     if "sampler" in raw and "sampler_name" in raw:
-        early.append({"field": "sampler_name",
-                      "message": "give either 'sampler_name' or its alias 'sampler', not both"})
+        early.append(Problem("sampler_name", "give either 'sampler_name' or its alias 'sampler', not both"))
         raw = {k: v for k, v in raw.items() if k != "sampler"}
     try:
         job = Job.model_validate(raw)
     except ValidationError as exc:
-        problems = early + _problems(exc)
-        raise ValidationFailed(summary(problems), details=problems) from None
+        raise problems_error(early + _problems(exc), lead=_LEAD) from None
     problems = early + _action_problems(job)
     if problems:
-        raise ValidationFailed(summary(problems), details=problems)
+        raise problems_error(problems, lead=_LEAD)
     return job

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from schemas.errors import ValidationFailed
+from schemas.errors import Problem, problems_error
 
 # Pillow's own default JPEG quality is 75 and A1111's is 80; 90 keeps fine texture while
 # still cutting a 1024x1024 PNG to roughly a fifth.
@@ -53,13 +53,13 @@ def parse_s3_config(raw: object) -> S3Config | None:
     if raw is None:
         return None
     if not isinstance(raw, dict):
-        raise ValidationFailed(f"s3Config must be an object with {_S3_FIELDS}",
-                               details=[{"field": "s3Config", "message": "must be a JSON object"}])
+        raise problems_error([Problem("s3Config", "must be a JSON object")],
+                             message=f"s3Config must be an object with {_S3_FIELDS}")
     try:
         return S3Config.model_validate(raw)
     except ValidationError as exc:
         # Only field names and pydantic's error kinds: err["input"] may be a secret.
-        problems = []
+        problems: list[Problem] = []
         for err in exc.errors(include_url=False, include_input=False, include_context=False):
             loc = ".".join(str(p) for p in err.get("loc", ()))
             field = f"s3Config.{loc}" if loc else "s3Config"
@@ -71,5 +71,5 @@ def parse_s3_config(raw: object) -> S3Config | None:
                 message = f"{field} must start with http:// or https://"
             else:
                 message = f"{field} is invalid ({err.get('type')})"
-            problems.append({"field": field, "message": message})
-        raise ValidationFailed(f"invalid s3Config: {problems[0]['message']}", details=problems) from None
+            problems.append(Problem(field, message))
+        raise problems_error(problems, message=f"invalid s3Config: {problems[0].message}") from None

@@ -1,4 +1,4 @@
-"""Preset input fields (design.md section 5) and the cross-field checks they need.
+"""Preset input fields (rubber_tile colours, angle, quality profiles) and the cross-field checks they need.
 
 The job model (schemas/job.py) uses these as field types; ``preset_problems`` holds the
 checks that span several fields, so ``parse_job`` can report them together with every
@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
+
+from schemas.errors import Problem
 
 # Colour names the rubber-tile prompt and colour map understand, with the RGB the map draws.
 COLOR_RGB: dict[str, tuple[int, int, int]] = {
@@ -45,45 +47,41 @@ RubberTileColors = list[RubberTileColor]
 Angle = Annotated[StrictInt, Field(ge=0, le=180, description="degrees, 0..180")]
 
 
-def _problem(field: str, message: str) -> dict[str, str]:
-    return {"field": field, "message": message}
-
-
-def rubber_tile_problems(colors: list[RubberTileColor] | None, angle: int | None) -> list[dict[str, str]]:
-    problems = []
+def rubber_tile_problems(colors: list[RubberTileColor] | None, angle: int | None) -> list[Problem]:
+    problems: list[Problem] = []
     if not colors:
-        problems.append(_problem("colors", "preset rubber_tile needs colors: a list of {name, proportion} with "
+        problems.append(Problem("colors", "preset rubber_tile needs colors: a list of {name, proportion} with "
                                            f"names from {', '.join(COLOR_RGB)} and integer proportions summing to 100"))
     else:
         names = [c.name for c in colors]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            problems.append(_problem("colors", f"each colour may appear once; repeated: {', '.join(dupes)}"))
+            problems.append(Problem("colors", f"each colour may appear once; repeated: {', '.join(dupes)}"))
         total = sum(c.proportion for c in colors)
         if total != 100:
-            problems.append(_problem("colors", f"colour proportions must sum to 100, got {total}"))
+            problems.append(Problem("colors", f"colour proportions must sum to 100, got {total}"))
     if angle is not None and not 0 <= angle <= 180:
-        problems.append(_problem("angle", f"angle must be an integer from 0 to 180 degrees, got {angle}"))
+        problems.append(Problem("angle", f"angle must be an integer from 0 to 180 degrees, got {angle}"))
     return problems
 
 
-def preset_problems(job: Any) -> list[dict[str, str]]:
+def preset_problems(job: Any) -> list[Problem]:
     """Cross-field problems of a parsed job's preset fields ([] when fine).
 
     Whether a catalog preset name exists is checked by ``presets.expand`` (it needs the
     catalog); here only the built-in presets' own fields are checked.
     """
     preset = getattr(job, "preset", None)
-    problems: list[dict[str, str]] = []
+    problems: list[Problem] = []
     if preset != "rubber_tile":
         for name in RUBBER_TILE_FIELDS:
             if getattr(job, name, None) is not None:
-                problems.append(_problem(name, f"{name} is only used with preset 'rubber_tile'"))
+                problems.append(Problem(name, f"{name} is only used with preset 'rubber_tile'"))
     else:
         problems += rubber_tile_problems(getattr(job, "colors", None), getattr(job, "angle", None))
     urls = getattr(job, "lora_urls", None) or []
     scales = getattr(job, "lora_scales", None)
     if scales is not None and len(scales) != len(urls):
-        problems.append(_problem("lora_scales", f"lora_scales needs one weight per lora_urls entry "
+        problems.append(Problem("lora_scales", f"lora_scales needs one weight per lora_urls entry "
                                                 f"({len(urls)}), got {len(scales)}"))
     return problems
