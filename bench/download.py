@@ -15,6 +15,7 @@ the server sent for a repeated request of a model already placed (target 0).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import multiprocessing as mp
@@ -25,6 +26,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -117,68 +120,100 @@ def sent_bytes(base: str) -> int:
     return int(requests.get(base + "/_stats", timeout=10).json()["sent"])
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mb", type=int, default=256, help="model size in MiB (default 256)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--link-mbps", type=float, default=0.0,
                     help="cap the server at this many MB/s to emulate a network link (default: no cap)")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="bench-download-"))
-    source = work / "served.safetensors"
-    size = make_model(source, args.mb)
+
+@contextlib.contextmanager
+def served(source: Path, link_mbps: float) -> Iterator[str]:
+    """The base URL of a server for ``source`` running in its own process, stopped on exit."""
     ctx = mp.get_context("spawn")
     port_q, stop = ctx.Queue(), ctx.Event()
-    server = ctx.Process(target=_serve, args=(str(source), port_q, stop, args.link_mbps), daemon=True)
+    server = ctx.Process(target=_serve, args=(str(source), port_q, stop, link_mbps), daemon=True)
     server.start()
-    base = port_q.get(timeout=120)
-    url = base + "/model.safetensors"
     try:
+        yield port_q.get(timeout=120)
+    finally:
+        stop.set()
+        server.join(10)
+
+
+@dataclass
+class Samples:
+    """Throughput of each run in MB/s."""
+    iter_content: list[float] = field(default_factory=list)
+    raw_read: list[float] = field(default_factory=list)
+    cache: list[float] = field(default_factory=list)
+
+
+def measure(cache: ModelCache, models: Path, url: str, size: int, runs: int) -> Samples:
+    """Alternate the two plain copies and a cache download of the same URL, ``runs`` times;
+    the cache's first model (bench0) stays for the repeat request."""
+    (models / "checkpoints").mkdir(parents=True)
+    warm = models / "checkpoints" / "warmup.bin"
+    plain_copy(url, warm, raw=True)  # warm the page cache and the server
+    warm.unlink()
+    out = Samples()
+    for i in range(runs):
+        for raw, plain in ((False, out.iter_content), (True, out.raw_read)):
+            dest = models / "checkpoints" / f"plain{i}.bin"
+            plain.append(size / plain_copy(url, dest, raw=raw) / 1e6)
+            dest.unlink()
+        t0 = time.perf_counter()
+        placed = cache.ensure("checkpoint", {"url": url, "name": f"bench{i}"})
+        out.cache.append(size / (time.perf_counter() - t0) / 1e6)
+        assert placed.downloaded and placed.bytes == size
+        if i:
+            (models / placed.path).unlink()
+    return out
+
+
+def summary(samples: Samples, size: int, args: argparse.Namespace, repeat_bytes: int,
+            repeat_downloaded: bool) -> dict:
+    med = {name: statistics.median(values) for name, values in dataclasses.asdict(samples).items()}
+    baseline = max(med["iter_content"], med["raw_read"])  # the stricter comparison
+    return {
+        "size_mb": round(size / 1e6, 1),
+        "runs": args.runs,
+        "link_mbps_cap": args.link_mbps or None,
+        "plain_iter_content_mb_s": round(med["iter_content"], 1),
+        "plain_raw_read_mb_s": round(med["raw_read"], 1),
+        "cache_mb_s": round(med["cache"], 1),
+        "ratio": round(med["cache"] / baseline, 3),
+        "repeat_request_bytes": repeat_bytes,
+        "repeat_downloaded": repeat_downloaded,
+        "all_runs_mb_s": {name: [round(x) for x in values] for name, values in dataclasses.asdict(samples).items()},
+    }
+
+
+def main() -> None:
+    args = _args()
+    work = Path(tempfile.mkdtemp(prefix="bench-download-"))
+    try:
+        source = work / "served.safetensors"
+        size = make_model(source, args.mb)
         models = work / "models"
         settings = dataclasses.replace(Settings.from_env(), models_dir=models, download_allow_private=True,
                                        cache_max_gb=None)
         cache = ModelCache(settings, Catalog())
-        (models / "checkpoints").mkdir(parents=True)
-        warm = models / "checkpoints" / "warmup.bin"
-        plain_copy(url, warm, raw=True)  # warm the page cache and the server
-        warm.unlink()
-        iter_mb, raw_mb, cached = [], [], []
-        for i in range(args.runs):
-            for raw, out in ((False, iter_mb), (True, raw_mb)):
-                dest = models / "checkpoints" / f"plain{i}.bin"
-                out.append(size / plain_copy(url, dest, raw=raw) / 1e6)
-                dest.unlink()
-            t0 = time.perf_counter()
-            placed = cache.ensure("checkpoint", {"url": url, "name": f"bench{i}"})
-            cached.append(size / (time.perf_counter() - t0) / 1e6)
-            assert placed.downloaded and placed.bytes == size
-            if i:
-                (models / placed.path).unlink()  # keep bench0 for the repeat request below
-        before = sent_bytes(base)
-        again = cache.ensure("checkpoint", {"url": url, "name": "bench0"})
-        repeat_bytes = sent_bytes(base) - before
-        baseline = max(statistics.median(iter_mb), statistics.median(raw_mb))  # the stricter comparison
-        result = {
-            "size_mb": round(size / 1e6, 1),
-            "runs": args.runs,
-            "link_mbps_cap": args.link_mbps or None,
-            "plain_iter_content_mb_s": round(statistics.median(iter_mb), 1),
-            "plain_raw_read_mb_s": round(statistics.median(raw_mb), 1),
-            "cache_mb_s": round(statistics.median(cached), 1),
-            "ratio": round(statistics.median(cached) / baseline, 3),
-            "repeat_request_bytes": repeat_bytes,
-            "repeat_downloaded": again.downloaded,
-            "all_runs_mb_s": {"iter_content": [round(x) for x in iter_mb], "raw_read": [round(x) for x in raw_mb],
-                              "cache": [round(x) for x in cached]},
-        }
+        with served(source, args.link_mbps) as base:
+            url = base + "/model.safetensors"
+            samples = measure(cache, models, url, size, args.runs)
+            before = sent_bytes(base)
+            again = cache.ensure("checkpoint", {"url": url, "name": "bench0"})
+            repeat_bytes = sent_bytes(base) - before
+        result = summary(samples, size, args, repeat_bytes, again.downloaded)
+        baseline = max(result["plain_iter_content_mb_s"], result["plain_raw_read_mb_s"])
         print(json.dumps(result))
-        print(f"cache download {result['cache_mb_s']} MB/s vs plain streamed copy {round(baseline, 1)} MB/s "
+        print(f"cache download {result['cache_mb_s']} MB/s vs plain streamed copy {baseline} MB/s "
               f"(faster of the two baselines): ratio {result['ratio']} (target >= 0.9); a repeated request "
               f"transferred {repeat_bytes} bytes (target 0)")
     finally:
-        stop.set()
-        server.join(10)
         shutil.rmtree(work, ignore_errors=True)
 
 

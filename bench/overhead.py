@@ -28,6 +28,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,66 @@ def fixture_response(srv: ReplayServer) -> dict:
             "info": json.dumps(info)}
 
 
+JOB = {"id": "bench", "input": {
+    "prompt": "a photo of a cat", "sampler_name": "Euler", "steps": 20, "width": SIZE, "height": SIZE,
+    "batch_size": IMAGES, "seed": 42, "loras": [{"name": "detail_tweaker", "weight": 0.8}],
+}}
+
+
+@dataclass(frozen=True)
+class Result:
+    rounds: int
+    response_mb: float
+    direct_s: float        # medians
+    handler_s: float
+
+    def lines(self) -> list[str]:
+        d, h = self.direct_s, self.handler_s
+        return [f"response: {IMAGES} noise PNGs {SIZE}x{SIZE}, {self.response_mb:.1f} MB of JSON; "
+                f"{self.rounds} rounds, medians",
+                f"direct POST : {d * 1000:8.1f} ms",
+                f"handler     : {h * 1000:8.1f} ms   (+{(h - d) * 1000:.1f} ms)",
+                f"ratio handler/direct: {h / d:.3f}  (target <= 1.02)"]
+
+
+def point_worker_at(url: str, tmp: Path) -> None:
+    """The handler's environment: the replay server as A1111, empty models and state folders."""
+    os.environ.update({
+        "A1111_URL": url, "MODELS_DIR": str(tmp / "models"),
+        "MODELS_CATALOG": str(tmp / "none.json"), "A1111_STATE_DIR": str(tmp / "state"),
+        "WEBUI_BACKEND": "a1111", "A1111_READY_TIMEOUT": "10", "MAX_RESULT_MB": "100",
+    })
+    os.environ.pop("BUCKET_ENDPOINT_URL", None)
+
+
+def time_rounds(handler: Callable[[dict], dict], url: str, body: dict, rounds: int) -> tuple[float, float]:
+    """Median seconds of (a direct POST of ``body``, the handler running JOB)."""
+    session = requests.Session()
+    session.trust_env = False
+    session.post(url + TXT2IMG, json=body).json()
+    direct: list[float] = []
+    through: list[float] = []
+
+    def post_direct() -> None:
+        t0 = time.perf_counter()
+        resp = session.post(url + TXT2IMG, json=body, timeout=60)
+        resp.raise_for_status()
+        resp.json()
+        direct.append(time.perf_counter() - t0)
+
+    def through_handler() -> None:
+        t0 = time.perf_counter()
+        out = handler(JOB)
+        through.append(time.perf_counter() - t0)
+        assert "error" not in out and len(out["images"]) == IMAGES
+
+    for i in range(rounds):
+        # Alternate which goes first, so neither always runs on a cache the other warmed.
+        for step in ((post_direct, through_handler) if i % 2 else (through_handler, post_direct)):
+            step()
+    return statistics.median(direct), statistics.median(through)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="handler overhead vs a direct POST")
     parser.add_argument("--rounds", type=int, default=30)
@@ -69,58 +131,21 @@ def main(argv: list[str] | None = None) -> int:
 
     with ReplayServer("a1111") as srv, tempfile.TemporaryDirectory() as tmp:
         response = fixture_response(srv)
-        mb = len(json.dumps(response)) / 1e6
         # The fixture is served for every txt2img (a 200 "fault": the server's way to answer
         # with a body of our choosing).
         srv.fault("POST", TXT2IMG, "status", status=200, body=response)
-        os.environ.update({
-            "A1111_URL": srv.url, "MODELS_DIR": str(Path(tmp) / "models"),
-            "MODELS_CATALOG": str(Path(tmp) / "none.json"), "A1111_STATE_DIR": str(Path(tmp) / "state"),
-            "WEBUI_BACKEND": "a1111", "A1111_READY_TIMEOUT": "10", "MAX_RESULT_MB": "100",
-        })
-        os.environ.pop("BUCKET_ENDPOINT_URL", None)
+        point_worker_at(srv.url, Path(tmp))
         from handler import handler
 
-        job = {"id": "bench", "input": {
-            "prompt": "a photo of a cat", "sampler_name": "Euler", "steps": 20, "width": SIZE, "height": SIZE,
-            "batch_size": IMAGES, "seed": 42, "loras": [{"name": "detail_tweaker", "weight": 0.8}],
-        }}
-        first = handler(job)  # warm-up: readiness, list caches, imports
+        first = handler(JOB)  # warm-up: readiness, list caches, imports
         if "error" in first:
             print("handler failed:", first["error"])
             return 1
         assert len(first["images"]) == IMAGES
         body = srv.sent("POST", TXT2IMG)[-1]
-        session = requests.Session()
-        session.trust_env = False
-        session.post(srv.url + TXT2IMG, json=body).json()
-
-        def post_direct() -> None:
-            t0 = time.perf_counter()
-            resp = session.post(srv.url + TXT2IMG, json=body, timeout=60)
-            resp.raise_for_status()
-            resp.json()
-            direct.append(time.perf_counter() - t0)
-
-        def through_handler() -> None:
-            t0 = time.perf_counter()
-            out = handler(job)
-            through.append(time.perf_counter() - t0)
-            assert "error" not in out and len(out["images"]) == IMAGES
-
-        direct: list[float] = []
-        through: list[float] = []
-        for i in range(args.rounds):
-            # Alternate which goes first, so neither always runs on a cache the other warmed.
-            for step in ((post_direct, through_handler) if i % 2 else (through_handler, post_direct)):
-                step()
+        direct, through = time_rounds(handler, srv.url, body, args.rounds)
         assert all(b == body for b in srv.sent("POST", TXT2IMG)[-2:]), "handler and direct sent different bodies"
-
-    d, h = statistics.median(direct), statistics.median(through)
-    print(f"response: {IMAGES} noise PNGs {SIZE}x{SIZE}, {mb:.1f} MB of JSON; {args.rounds} rounds, medians")
-    print(f"direct POST : {d * 1000:8.1f} ms")
-    print(f"handler     : {h * 1000:8.1f} ms   (+{(h - d) * 1000:.1f} ms)")
-    print(f"ratio handler/direct: {h / d:.3f}  (target <= 1.02)")
+    print("\n".join(Result(args.rounds, len(json.dumps(response)) / 1e6, direct, through).lines()))
     return 0
 
 

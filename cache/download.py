@@ -12,93 +12,52 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import logging
-import os
-import queue
 import re
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 import urllib3
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from cache.safety import check_url, redact, redact_url
+from cache.transfer import (
+    DownloadConfig,
+    Fetched,
+    PipelinedHash,
+    Transient,
+    auth_hint,
+    disk_full,
+    hash_file,
+    verify_sha256,
+    with_retries,
+)
 from schemas.errors import DownloadFailed, ModelNotFound
-
-log = logging.getLogger(__name__)
 
 USER_AGENT = "runpod-a1111-worker-cache/1"
 MAX_REDIRECTS = 10
 TEXT_TYPES = ("application/json", "text/html", "text/plain", "application/xml", "text/xml")
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    return float(raw) if raw else default
-
-
 @dataclass(frozen=True)
-class DownloadConfig:
-    attempts: int = 5
-    backoff_s: float = 1.0
-    backoff_max_s: float = 30.0
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 60.0
-    chunk_bytes: int = 1 << 20
-    lock_timeout_s: float = 3600.0
-
-    @classmethod
-    def from_env(cls) -> DownloadConfig:
-        """Tunables (mostly for tests and slow links): DOWNLOAD_ATTEMPTS, DOWNLOAD_BACKOFF_S,
-        DOWNLOAD_READ_TIMEOUT_S, DOWNLOAD_LOCK_TIMEOUT_S."""
-        return cls(
-            attempts=max(1, int(_env_float("DOWNLOAD_ATTEMPTS", cls.attempts))),
-            backoff_s=_env_float("DOWNLOAD_BACKOFF_S", cls.backoff_s),
-            backoff_max_s=max(_env_float("DOWNLOAD_BACKOFF_S", cls.backoff_s), cls.backoff_max_s),
-            read_timeout_s=_env_float("DOWNLOAD_READ_TIMEOUT_S", cls.read_timeout_s),
-            lock_timeout_s=_env_float("DOWNLOAD_LOCK_TIMEOUT_S", cls.lock_timeout_s),
-        )
+class _Job:
+    """What every attempt of one fetch_url call asks for."""
+    url: str
+    part: Path
+    what: str
+    headers: dict[str, str]
+    token_var: str | None
+    allow_private: bool
+    want_safetensors: bool
+    cfg: DownloadConfig
 
 
 @dataclass
-class Fetched:
-    path: Path                 # the finished .part file
-    sha256: str
-    bytes: int
-    transferred: int           # body bytes received over the network by this call
-    filename: str | None       # from Content-Disposition, if any
-    url: str                   # final URL, redacted
-
-
-class _PipelinedHash:
-    """sha256 computed in a second thread while the first one reads and writes: hashlib
-    releases the GIL on large buffers, so hashing overlaps the network instead of adding to
-    it (inline hashing cost ~35% of throughput on a local 1 GB/s link)."""
-
-    def __init__(self, base: hashlib._Hash) -> None:
-        self._h = base
-        self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        self._t = threading.Thread(target=self._run, name="sha256", daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while (chunk := self._q.get()) is not None:
-            self._h.update(chunk)
-
-    def update(self, chunk: bytes) -> None:
-        self._q.put(chunk)
-
-    def finish(self) -> hashlib._Hash:
-        self._q.put(None)
-        self._t.join()
-        return self._h
-
-
-class _Transient(Exception):
-    """A failure worth another attempt (network, stall, truncation, 429/5xx)."""
+class _Progress:
+    """What the attempts of one call have learnt so far, reported once the file is complete."""
+    url: str                   # the final URL after redirects
+    transferred: int = 0
+    filename: str | None = None
 
 
 def content_disposition_name(header: str | None) -> str | None:
@@ -114,14 +73,6 @@ def content_disposition_name(header: str | None) -> str | None:
         name = m.group(1).strip()
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     return name or None
-
-
-def auth_hint(status: int, token_var: str | None) -> str:
-    if token_var:
-        if os.environ.get(token_var):
-            return f"check that {token_var} is valid and has access to this model (accept its license if it is gated)"
-        return f"set {token_var} to a token with access to this model"
-    return "the server wants credentials this worker does not have"
 
 
 def _open(session: requests.Session, url: str, headers: dict[str, str], *, allow_private: bool,
@@ -154,23 +105,77 @@ def _fail_status(resp: requests.Response, url: str, token_var: str | None, what:
     if code == 404:
         raise ModelNotFound(f"{what}: {shown} answered 404 Not Found; check the URL, id or file name", status=code)
     if code == 429 or code >= 500:
-        raise _Transient(f"{shown} answered {code} {resp.reason}")
+        raise Transient(f"{shown} answered {code} {resp.reason}")
     raise DownloadFailed(f"{what}: {shown} answered {code} {resp.reason}", status=code)
 
 
-def _hash_existing(path: Path, chunk: int) -> tuple[hashlib._Hash, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        while data := f.read(chunk):
-            h.update(data)
-            size += len(data)
-    return h, size
+def _resume_point(part: Path, chunk: int) -> tuple[hashlib._Hash, int]:
+    if part.exists() and part.stat().st_size:
+        return hash_file(part, chunk)
+    return hashlib.sha256(), 0
 
 
-def disk_full(exc: OSError, where: Path) -> DownloadFailed:
-    return DownloadFailed(f"the disk is full while writing {where.parent.name}/{where.name.lstrip('.')}: "
-                          f"{exc.strerror}; free space on the volume or set CACHE_MAX_GB so old models are evicted")
+def _refuse_text_page(resp: requests.Response, url: str, what: str) -> None:
+    """A JSON or HTML answer is an error page or a login wall, never the model file."""
+    ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in TEXT_TYPES:
+        snippet = resp.raw.read(300, decode_content=True).decode("utf-8", "replace")
+        raise DownloadFailed(f"{what}: {redact_url(url)} sent a {ctype} page instead of a model file "
+                             f"(HTTP {resp.status_code}): {redact(' '.join(snippet.split()))[:200]!r}")
+
+
+def _stream_body(resp: requests.Response, job: _Job, mode: str, hasher: hashlib._Hash, have: int,
+                 progress: _Progress) -> tuple[hashlib._Hash, int]:
+    """Append the body to the part (or rewrite it, by ``mode``); the hash and size after it."""
+    pipe = PipelinedHash(hasher)
+    try:
+        with open(job.part, mode) as f:
+            # raw.read rather than iter_content: same bytes, about half the CPU per byte.
+            while chunk := resp.raw.read(job.cfg.chunk_bytes, decode_content=True):
+                f.write(chunk)
+                pipe.update(chunk)
+                have += len(chunk)
+                progress.transferred += len(chunk)
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:  # stall or cut mid-body
+        raise Transient(f"the transfer broke off after {have} bytes ({type(exc).__name__})") from None
+    except OSError as exc:  # after RequestException, which is an OSError too
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(exc, job.part) from None
+        raise
+    finally:
+        hasher = pipe.finish()
+    return hasher, have
+
+
+def _attempt(session: requests.Session, job: _Job, progress: _Progress) -> tuple[str, int]:
+    """One GET, resuming the part when the server agrees; the whole file's (sha256, size)."""
+    hasher, have = _resume_point(job.part, job.cfg.chunk_bytes)
+    headers = dict(job.headers)
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    try:
+        resp, final = _open(session, job.url, headers, allow_private=job.allow_private, cfg=job.cfg)
+    except requests.RequestException as exc:
+        raise Transient(f"cannot connect: {type(exc).__name__}") from None
+    with resp:
+        progress.url = final
+        if resp.status_code == 416 and have:
+            job.part.unlink(missing_ok=True)  # our part is not a prefix of what the server has now
+            raise Transient("the server refused the resume range")
+        if resp.status_code not in (200, 206):
+            _fail_status(resp, final, job.token_var, job.what)
+        mode = "ab"
+        if resp.status_code == 200 or not resp.headers.get("content-range", "").startswith(f"bytes {have}-"):
+            hasher, have, mode = hashlib.sha256(), 0, "wb"  # no resume: start over
+        if job.want_safetensors:
+            _refuse_text_page(resp, final, job.what)
+        progress.filename = content_disposition_name(resp.headers.get("content-disposition")) or progress.filename
+        length = resp.headers.get("content-length")
+        expected_total = have + int(length) if length and length.isdigit() else None
+        hasher, have = _stream_body(resp, job, mode, hasher, have, progress)
+        if expected_total is not None and have != expected_total:
+            raise Transient(f"the body ended after {have} of {expected_total} bytes")
+    return hasher.hexdigest(), have
 
 
 def fetch_url(url: str, part: Path, *, what: str, headers: dict[str, str] | None = None,
@@ -182,84 +187,17 @@ def fetch_url(url: str, part: Path, *, what: str, headers: dict[str, str] | None
     ``what`` names the model in messages. The part is removed when this raises.
     """
     cfg = cfg or DownloadConfig.from_env()
-    own_session = session is None
-    session = session or requests.Session()
-    base_headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})}
-    state = {"transferred": 0, "filename": None, "url": url}
-
-    def attempt() -> tuple[str, int]:
-        offset = part.stat().st_size if part.exists() else 0
-        hasher, have = _hash_existing(part, cfg.chunk_bytes) if offset else (hashlib.sha256(), 0)
-        h = dict(base_headers)
-        if have:
-            h["Range"] = f"bytes={have}-"
-        try:
-            resp, final = _open(session, url, h, allow_private=allow_private, cfg=cfg)
-        except requests.RequestException as exc:
-            raise _Transient(f"cannot connect: {type(exc).__name__}") from None
-        with resp:
-            state["url"] = final
-            if resp.status_code == 416 and have:
-                part.unlink(missing_ok=True)  # our part is not a prefix of what the server has now
-                raise _Transient("the server refused the resume range")
-            if resp.status_code not in (200, 206):
-                _fail_status(resp, final, token_var, what)
-            mode = "ab"
-            if resp.status_code == 200 or not resp.headers.get("content-range", "").startswith(f"bytes {have}-"):
-                hasher, have, mode = hashlib.sha256(), 0, "wb"  # no resume: start over
-            ctype = resp.headers.get("content-type", "").split(";")[0].strip().lower()
-            if want_safetensors and ctype in TEXT_TYPES:
-                snippet = resp.raw.read(300, decode_content=True).decode("utf-8", "replace")
-                raise DownloadFailed(f"{what}: {redact_url(final)} sent a {ctype} page instead of a model file "
-                                     f"(HTTP {resp.status_code}): {redact(' '.join(snippet.split()))[:200]!r}")
-            state["filename"] = content_disposition_name(resp.headers.get("content-disposition")) \
-                or state["filename"]
-            length = resp.headers.get("content-length")
-            expected_total = have + int(length) if length and length.isdigit() else None
-            pipe = _PipelinedHash(hasher)
-            try:
-                with open(part, mode) as f:
-                    # raw.read rather than iter_content: same bytes, about half the CPU per byte.
-                    while chunk := resp.raw.read(cfg.chunk_bytes, decode_content=True):
-                        f.write(chunk)
-                        pipe.update(chunk)
-                        have += len(chunk)
-                        state["transferred"] += len(chunk)
-            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:  # stall or cut mid-body
-                raise _Transient(f"the transfer broke off after {have} bytes ({type(exc).__name__})") from None
-            except OSError as exc:  # after RequestException, which is an OSError too
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise disk_full(exc, part) from None
-                raise
-            finally:
-                hasher = pipe.finish()
-            if expected_total is not None and have != expected_total:
-                raise _Transient(f"the body ended after {have} of {expected_total} bytes")
-        return hasher.hexdigest(), have
-
+    job = _Job(url, part, what, {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})},
+               token_var, allow_private, want_safetensors, cfg)
+    progress = _Progress(url)
+    sess = session or requests.Session()
     try:
-        retrying = Retrying(
-            stop=stop_after_attempt(cfg.attempts),
-            wait=wait_exponential(multiplier=cfg.backoff_s, max=cfg.backoff_max_s),
-            retry=retry_if_exception_type(_Transient),
-            before_sleep=lambda rs: log.info("download of %s: %s; retrying (attempt %d of %d)", what,
-                                             rs.outcome.exception(), rs.attempt_number + 1, cfg.attempts),
-            reraise=False,
-        )
-        digest, size = retrying(attempt)
-    except RetryError as exc:
-        part.unlink(missing_ok=True)
-        last = exc.last_attempt.exception()
-        raise DownloadFailed(f"{what}: downloading {redact_url(url)} failed after {cfg.attempts} attempts: "
-                             f"{redact(str(last))}") from None
+        digest, size = with_retries(lambda: _attempt(sess, job, progress), cfg, what=what, source=redact_url(url))
+        verify_sha256(digest, expected_sha256, what)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
     finally:
-        if own_session:
-            session.close()
-    if expected_sha256 and digest != expected_sha256.lower():
-        part.unlink(missing_ok=True)
-        raise DownloadFailed(f"{what}: the downloaded file's sha256 {digest} does not match the expected "
-                             f"{expected_sha256.lower()}; nothing was kept")
-    return Fetched(part, digest, size, state["transferred"], state["filename"], redact_url(state["url"]))
+        if session is None:
+            sess.close()
+    return Fetched(part, digest, size, progress.transferred, progress.filename, redact_url(progress.url))

@@ -9,23 +9,18 @@ A file already in the local HF cache (HF_HOME) is copied from there instead of d
 from __future__ import annotations
 
 import errno
-import hashlib
-import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
-
-from cache.download import DownloadConfig, Fetched, auth_hint, disk_full
 from cache.safety import check_url, redact
+from cache.transfer import DownloadConfig, Fetched, Transient, auth_hint, disk_full, sha256_file, with_retries
 from schemas.errors import DownloadFailed, ModelNotFound
 
-log = logging.getLogger(__name__)
-
-
-class _Transient(Exception):
-    pass
+# huggingface-hub already retries the metadata call with backoff and resumes a broken body
+# itself; our loop only covers what escapes that, so it stays short.
+MAX_ATTEMPTS = 2
 
 
 def endpoint() -> str:
@@ -33,90 +28,110 @@ def endpoint() -> str:
     return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while data := f.read(chunk):
-            h.update(data)
-    return h.hexdigest()
+@dataclass(frozen=True)
+class _HubFile:
+    repo: str
+    file: str
+    revision: str | None
+    what: str          # names the model in messages
+    base: str          # the Hub's endpoint
+
+    @property
+    def shown(self) -> str:
+        return f"{self.repo}/{self.file}" + (f"@{self.revision}" if self.revision else "")
+
+    @property
+    def url(self) -> str:
+        return f"{self.base}/{self.repo}/resolve/{self.revision or 'main'}/{self.file}"
 
 
-def fetch_hf(repo: str, file: str, revision: str | None, staging: Path, *, what: str, allow_private: bool,
-             cfg: DownloadConfig | None = None) -> Fetched:
-    """Download ``repo``/``file`` at ``revision`` into ``staging``; raises WorkerError subclasses."""
-    from huggingface_hub import hf_hub_download
+def _refusal(exc: Exception, hub: _HubFile) -> Exception | None:
+    """The Hub's HTTP answers as one sentence each: final ones as WorkerErrors, the ones worth
+    another attempt as Transient; None for anything that is not an HTTP answer."""
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
-        LocalEntryNotFoundError,
         RemoteEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
+
+    what, repo = hub.what, hub.repo
+    if isinstance(exc, GatedRepoError):  # before RepositoryNotFoundError, its base class
+        return DownloadFailed(f"{what}: Hugging Face repo {repo} is gated: accept its license on the Hub and "
+                              f"{auth_hint(403, 'HF_TOKEN')}", status=403)
+    if isinstance(exc, RemoteEntryNotFoundError):
+        return ModelNotFound(f"{what}: Hugging Face repo {repo} has no file {hub.file!r}"
+                             + (f" at revision {hub.revision!r}" if hub.revision else ""), status=404)
+    if isinstance(exc, RevisionNotFoundError):
+        return ModelNotFound(f"{what}: Hugging Face repo {repo} has no revision {hub.revision!r}", status=404)
+    if isinstance(exc, RepositoryNotFoundError):
+        code = exc.response.status_code if exc.response is not None else 404
+        return DownloadFailed(f"{what}: Hugging Face repo {repo} was not found or is private (HTTP {code}); "
+                              f"check the name or {auth_hint(code, 'HF_TOKEN')}", status=code)
+    if not isinstance(exc, HfHubHTTPError):
+        return None
+    code = exc.response.status_code if exc.response is not None else 0
+    if code in (401, 403):
+        return DownloadFailed(f"{what}: Hugging Face answered {code} for {hub.shown}: {auth_hint(code, 'HF_TOKEN')}",
+                              status=code)
+    if code == 404:
+        return ModelNotFound(f"{what}: Hugging Face answered 404 for {hub.shown}", status=404)
+    if code == 429 or code >= 500 or code == 0:
+        return Transient(f"Hugging Face answered {code} for {hub.shown}")
+    return DownloadFailed(f"{what}: Hugging Face answered {code} for {hub.shown}", status=code)
+
+
+def _broken_transfer(exc: Exception, staging: Path, file: str) -> Exception | None:
+    """Failures on the way (no connection, a full disk, transport errors); None for the rest."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if isinstance(exc, LocalEntryNotFoundError):  # the Hub could not be reached
+        return Transient(redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return disk_full(exc, staging / Path(file).name)
+        return Transient(f"{type(exc).__name__}: {redact(str(exc))[:200]}")
+    # httpx transport errors surface under their own classes, outside OSError.
+    if type(exc).__module__.startswith(("httpx", "httpcore", "hf_xet")):
+        return Transient(f"{type(exc).__name__}: {redact(str(exc))[:200]}")
+    return None
+
+
+def _attempt(hub: _HubFile, staging: Path, token: str | None, cfg: DownloadConfig) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id=hub.repo, filename=hub.file, revision=hub.revision,
+                                    local_dir=str(staging), token=token, endpoint=hub.base,
+                                    etag_timeout=cfg.read_timeout_s))
+    except Exception as exc:
+        mapped = _refusal(exc, hub)
+        if mapped is None:
+            mapped = _broken_transfer(exc, staging, hub.file)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+def fetch_hf(repo: str, file: str, revision: str | None, staging: Path, *, what: str, allow_private: bool,
+             cfg: DownloadConfig | None = None) -> Fetched:
+    """Download ``repo``/``file`` at ``revision`` into ``staging``; raises WorkerError subclasses.
+
+    ``staging`` is removed when this raises."""
     from huggingface_hub.utils import disable_progress_bars
 
     disable_progress_bars()  # a progress bar per MB floods the worker's log
     cfg = cfg or DownloadConfig.from_env()
-    # huggingface-hub already retries the metadata call with backoff and resumes a broken
-    # body itself; our loop only covers what escapes that, so it stays short.
-    attempts = min(2, cfg.attempts)
-    base = endpoint()
-    check_url(f"{base}/{repo}/resolve/{revision or 'main'}/{file}", allow_private=allow_private)
+    hub = _HubFile(repo, file, revision, what, endpoint())
+    check_url(hub.url, allow_private=allow_private)
     token = os.environ.get("HF_TOKEN") or None
-    shown = f"{repo}/{file}" + (f"@{revision}" if revision else "")
-
-    def attempt() -> str:
-        try:
-            return hf_hub_download(repo_id=repo, filename=file, revision=revision, local_dir=str(staging),
-                                   token=token, endpoint=base, etag_timeout=cfg.read_timeout_s)
-        except GatedRepoError:
-            raise DownloadFailed(f"{what}: Hugging Face repo {repo} is gated: accept its license on the Hub and "
-                                 f"{auth_hint(403, 'HF_TOKEN')}", status=403) from None
-        except RemoteEntryNotFoundError:
-            raise ModelNotFound(f"{what}: Hugging Face repo {repo} has no file {file!r}"
-                                + (f" at revision {revision!r}" if revision else ""), status=404) from None
-        except RevisionNotFoundError:
-            raise ModelNotFound(f"{what}: Hugging Face repo {repo} has no revision {revision!r}", status=404) \
-                from None
-        except RepositoryNotFoundError as exc:
-            code = exc.response.status_code if exc.response is not None else 404
-            raise DownloadFailed(f"{what}: Hugging Face repo {repo} was not found or is private (HTTP {code}); "
-                                 f"check the name or {auth_hint(code, 'HF_TOKEN')}", status=code) from None
-        except HfHubHTTPError as exc:
-            code = exc.response.status_code if exc.response is not None else 0
-            if code in (401, 403):
-                raise DownloadFailed(f"{what}: Hugging Face answered {code} for {shown}: "
-                                     f"{auth_hint(code, 'HF_TOKEN')}", status=code) from None
-            if code == 404:
-                raise ModelNotFound(f"{what}: Hugging Face answered 404 for {shown}", status=404) from None
-            if code == 429 or code >= 500 or code == 0:
-                raise _Transient(f"Hugging Face answered {code} for {shown}") from None
-            raise DownloadFailed(f"{what}: Hugging Face answered {code} for {shown}", status=code) from None
-        except LocalEntryNotFoundError as exc:  # the Hub could not be reached
-            raise _Transient(redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from None
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise disk_full(exc, staging / Path(file).name) from None
-            raise _Transient(f"{type(exc).__name__}: {redact(str(exc))[:200]}") from None
-        except Exception as exc:  # httpx2 transport errors surface under their own classes
-            if type(exc).__module__.startswith(("httpx", "httpcore", "hf_xet")):
-                raise _Transient(f"{type(exc).__name__}: {redact(str(exc))[:200]}") from None
-            raise
-
     try:
-        path = Retrying(
-            stop=stop_after_attempt(attempts),
-            wait=wait_exponential(multiplier=cfg.backoff_s, max=cfg.backoff_max_s),
-            retry=retry_if_exception_type(_Transient),
-            before_sleep=lambda rs: log.info("download of %s: %s; retrying", what, rs.outcome.exception()),
-        )(attempt)
-    except RetryError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise DownloadFailed(f"{what}: downloading {shown} from {base} failed after {attempts} attempts: "
-                             f"{exc.last_attempt.exception()}") from None
+        path = with_retries(lambda: _attempt(hub, staging, token, cfg), cfg, what=what,
+                            source=f"{hub.shown} from {hub.base}", attempts=min(MAX_ATTEMPTS, cfg.attempts))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    p = Path(path)
-    size = p.stat().st_size
-    return Fetched(p, sha256_file(p), size, size, Path(file).name, f"{base}/{repo}/resolve/{revision or 'main'}/{file}")
+    size = path.stat().st_size
+    return Fetched(path, sha256_file(path), size, size, Path(file).name, hub.url)
+
