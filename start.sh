@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Container entry point (design.md sections 1 and 6):
+# Container entry point:
 #   1. make sure the model folders exist on the network volume (or a local fallback),
 #   2. start A1111 (or Forge) in the background, API only, bound to 127.0.0.1, logging to a
 #      file and writing its pid where the handler's supervisor (a1111/supervisor.py) reads it,
@@ -92,7 +92,7 @@ else
 fi
 
 # --server-name 127.0.0.1 is not optional: with --nowebui and no --server-name, uvicorn
-# binds every interface (a1111-api.md section 1). --skip-prepare-environment and
+# binds every interface, and the worker keeps A1111 on loopback only. --skip-prepare-environment and
 # --skip-install: everything was installed when the image was built; no pip or git at start.
 a1111_args=(
     --api --nowebui --port "$A1111_PORT" --server-name 127.0.0.1

@@ -1,10 +1,10 @@
-"""The model cache on the shared network volume (design.md section 7).
+"""The model cache on the shared network volume.
 
 ``ModelCache.ensure(kind, ref)`` makes a model present under MODELS_DIR/<kind folder> and
 returns where it is: found on the volume, converted from a file on the volume, or
 downloaded (Hugging Face via huggingface-hub; Civitai and URLs via requests), verified and
 renamed into place under a per-file lease so that all workers download it once. Refreshing
-A1111's lists afterwards is the caller's job (a1111/names.py).
+A1111's lists afterwards is the caller's job (the name resolver in a1111/).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from cache.inspect import NotSafetensors, model_family, safetensors_header
 from cache.refs import ModelRequest, parse_ref, source_key
 from cache.registry import Registry, lease, now
 from cache.safety import MODEL_EXTS, check_format, inside, redact_url, safe_name
+from cache.transfer import verify_sha256
 from schemas.errors import (
     CatalogError,
     DownloadFailed,
@@ -251,10 +252,8 @@ class ModelCache:
             check_format(name, allow_pickle=self.settings.allow_pickle_models,
                          pinned_sha256=req.entry.sha256 if req.entry else None)
             sha = got.sha256
-            expected = req.sha256
-            if expected and sha != expected and req.source is not None:
-                raise DownloadFailed(f"{what}: the downloaded file's sha256 {sha} does not match the expected "
-                                     f"{expected}; nothing was kept")
+            if req.source is not None:
+                verify_sha256(sha, req.sha256, what)
             if name.lower().endswith(".safetensors"):
                 try:
                     header = safetensors_header(got.path)

@@ -39,7 +39,7 @@ class CatalogEntry:
     recommended_weight: float | None
     default: bool
     description: str
-    # Additions beyond ARCH.md's fields (all optional in models.json):
+    # Optional fields of a models.json entry, beyond the required ones above:
     backends: tuple[str, ...] = ()      # default_checkpoint: backends this default is for; () = all
     pinned: bool = False                # never evicted
     convert: dict | None = None         # {"from": "sdxl_ti_trainer", "file": original}

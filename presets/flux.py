@@ -1,4 +1,4 @@
-"""The Flux engine (design.md section 5, ``preset: "flux"``), Forge only.
+"""The Flux engine (``preset: "flux"``), Forge only.
 
 Forge loads Flux's VAE and text encoders as separate files named in
 ``override_settings.forge_additional_modules`` (the job's ``modules`` field); the names

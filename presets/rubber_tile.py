@@ -1,4 +1,4 @@
-"""The rubber-tile generator (design.md section 5, ``preset: "rubber_tile"``).
+"""The rubber-tile generator (``preset: "rubber_tile"``).
 
 Two SDXL generations with the same seed (a 512x512 preview and a 1024x1024 final), the
 rubber-tile LoRA at 0.7 and its textual inversion triggered by name, DPM++ 2M with Karras,
@@ -67,7 +67,7 @@ def color_phrase(colors: list[Any]) -> str:
 
 def build_prompt(job: Any, trigger_word: str, ti_trigger: str) -> str:
     # Spaces around the TI name: a run of punctuation glued to it would change its CLIP
-    # tokens and it would no longer trigger (a1111-api.md 4.2).
+    # tokens, and A1111 would no longer see the embedding's name.
     prompt = f"{trigger_word} {ti_trigger}, {color_phrase(job.colors)}, {PROMPT_TAIL}"
     if "prompt" in caller_set(job) and job.prompt:
         prompt += f", {job.prompt}"

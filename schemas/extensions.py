@@ -1,4 +1,4 @@
-"""Job input models for hires fix, ADetailer and ControlNet (design.md section 3).
+"""Job input models for hires fix, ADetailer and ControlNet.
 
 These are the caller-facing shapes; ``a1111/extensions.py`` turns them into A1111's own
 field names. Names of upscalers, detector models and ControlNet models cannot be checked
@@ -12,7 +12,7 @@ import binascii
 import io
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # A1111 never checks an image's size before decoding it; keep a bound so one bad job
 # cannot take the worker's memory (RunPod limits /run inputs to 10 MB anyway).
@@ -20,6 +20,18 @@ MAX_CONTROL_IMAGE_BYTES = 20 * 1024 * 1024
 # ADetailer's default ``ad_max_models`` is 4 tabs; ControlNet's ``control_net_unit_count`` 3.
 MAX_ADETAILER_UNITS = 4
 MAX_CONTROLNET_UNITS = 3
+
+
+def _not_none(why: str) -> AfterValidator:
+    """Refuse the name "None": A1111 and its extensions read it as "no model" and skip the unit
+    without a word."""
+
+    def check(value: str) -> str:
+        if value.strip().lower() == "none":
+            raise ValueError(why)
+        return value
+
+    return AfterValidator(check)
 
 
 class _Strict(BaseModel):
@@ -35,26 +47,21 @@ class HiresSpec(_Strict):
     upscaler: str = Field("Latent", min_length=1, max_length=200,
                           description="a name from /sdapi/v1/upscalers or /sdapi/v1/latent-upscale-modes")
     steps: int = Field(0, ge=0, le=150, description="second-pass steps; 0 = same as the first pass")
-    # A1111's API default is null, which crashes the hires pass (a1111-api.md 2.2), so the
-    # worker always sends a value.
+    # A1111's API default for hires denoising_strength is null, and the hires pass fails on
+    # it, so the worker always sends a value.
     denoising_strength: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class ADetailerUnit(_Strict):
     """One ADetailer tab; compiled to an ``ad_*`` dict checked against /adetailer/v1/schema."""
 
-    model: str = Field(min_length=1, max_length=200, description="a name from /adetailer/v1/ad_model")
+    model: Annotated[str, _not_none("model 'None' disables the unit; leave the unit out instead")] = Field(
+        min_length=1, max_length=200, description="a name from /adetailer/v1/ad_model")
     prompt: str = Field("", max_length=10000, description="empty = the main prompt")
     negative_prompt: str = Field("", max_length=10000)
     confidence: float = Field(0.3, ge=0.0, le=1.0)
     denoising_strength: float = Field(0.4, ge=0.0, le=1.0)
 
-    @field_validator("model")
-    @classmethod
-    def _not_none(cls, v: str) -> str:
-        if v.strip().lower() == "none":
-            raise ValueError("model 'None' disables the unit; leave the unit out instead")
-        return v
 
 
 def _decode_base64_image(value: str) -> str:
@@ -83,7 +90,9 @@ class ControlNetUnit(_Strict):
 
     module: str = Field("none", min_length=1, max_length=200,
                         description="preprocessor from /controlnet/module_list; 'none' = image used as is")
-    model: str = Field(min_length=1, max_length=300, description="a name from /controlnet/model_list")
+    model: Annotated[str, _not_none("a ControlNet unit needs a model; 'None' makes ControlNet skip the unit "
+                                    "silently")] = Field(min_length=1, max_length=300,
+                                                         description="a name from /controlnet/model_list")
     image: str = Field(min_length=1, description="control image, base64")
     weight: float = Field(1.0, ge=0.0, le=2.0)
     guidance_start: float = Field(0.0, ge=0.0, le=1.0)
@@ -96,13 +105,6 @@ class ControlNetUnit(_Strict):
     @classmethod
     def _image(cls, v: str) -> str:
         return _decode_base64_image(v)
-
-    @field_validator("model")
-    @classmethod
-    def _model_not_none(cls, v: str) -> str:
-        if v.strip().lower() == "none":
-            raise ValueError("a ControlNet unit needs a model; 'None' makes ControlNet skip the unit silently")
-        return v
 
     @model_validator(mode="after")
     def _guidance_order(self) -> ControlNetUnit:

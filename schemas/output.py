@@ -1,4 +1,4 @@
-"""Output options of a job (design.md section 3, ``output``) and the per-request bucket
+"""Output options of a job (its ``output`` field) and the per-request bucket
 (RunPod's top-level ``s3Config``)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Configuration from the environment (design.md section 2), read once per job."""
+"""Configuration from the environment (the variables README lists), read once per job."""
 
 from __future__ import annotations
 
