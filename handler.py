@@ -1,9 +1,9 @@
-"""RunPod serverless worker for A1111 / Forge: thin wiring of the job flow (design.md section 1).
+"""RunPod serverless worker for A1111 / Forge: thin wiring of the job flow.
 
     raw job -> parse_job -> action:
-      txt2img: presets.expand -> per step: ensure_ready -> resolve names (+ extension names)
-               -> compile_txt2img -> client.txt2img (with progress) -> results.package
-               -> presets.finish -> delivery.deliver
+      txt2img: output.preflight -> presets.expand -> per step: ensure_ready -> resolve names
+               (+ extension names) -> compile_txt2img -> client.txt2img (with progress)
+               -> results.package -> presets.finish -> results.combine -> output.deliver
       health, list_models, prefetch
     any exception -> schemas.errors.error_result
 
@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from a1111.client import A1111Client
-from a1111.delivery import deliver, preflight
 from a1111.extensions import check_extension_names
 from a1111.names import LiveLists, lora_family_from_metadata, resolve
 from a1111.payload import compile_txt2img, compile_warnings
@@ -33,8 +32,10 @@ from a1111.readiness import cold_start, ensure_ready, prewarm_in_background, rec
 from a1111.results import combine, package
 from cache import ModelCache
 from cache.catalog import Catalog
+from output.delivery import deliver, preflight
 from schemas.errors import A1111Unavailable, JobTimeout, WorkerError, error_result
 from schemas.job import Job, parse_job, ref_value
+from schemas.output import Packaged
 from schemas.settings import Settings
 
 log = logging.getLogger("worker")
@@ -76,13 +77,13 @@ def load_catalog(settings: Settings) -> Catalog | None:
 def run_txt2img(job: dict, parsed: Job, settings: Settings, started: float) -> dict:
     import presets  # imported here: presets pull in Pillow drawing code
 
-    preflight(parsed.output, job.get("s3Config"))  # a job that cannot be delivered fails before it generates
+    plan = preflight(parsed.output, job.get("s3Config"))  # a job that cannot be delivered fails before it generates
     deadline = started + settings.job_timeout_s
     catalog = load_catalog(settings)
     steps = presets.expand(parsed, catalog, settings)
     client = get_client(settings)
     ensure_ready(client, settings, deadline=deadline)
-    outputs: list[tuple[str | None, dict]] = []
+    outputs: list[tuple[str | None, Packaged]] = []
     for step in steps:
         t0 = time.monotonic()
         cache = ModelCache(settings, catalog) if step.job.controlnet else None
@@ -103,15 +104,9 @@ def run_txt2img(job: dict, parsed: Job, settings: Settings, started: float) -> d
             timings={"resolve_s": round(t1 - t0, 3), "generate_s": round(t2 - t1, 3)},
             warnings=compile_warnings(step.job, resolved, settings.backend),
         )))
-    result = combine(outputs)
-    extras = presets.finish(parsed, [out for _, out in outputs])
-    if extras:
-        result.setdefault("labels", [label or "image" for label, out in outputs for _ in out["images"]])
-        for label, image in extras:
-            result["images"].append(image)
-            result["labels"].append(label)
-    result["timings"]["total_s"] = round(time.monotonic() - started, 3)
-    return deliver(result, parsed.output, settings, str(job.get("id")), job.get("s3Config"))
+    packaged = combine(outputs, presets.finish(parsed, [out.result for _, out in outputs]))
+    packaged.result["timings"]["total_s"] = round(time.monotonic() - started, 3)
+    return deliver(packaged, plan, settings, str(job.get("id")))
 
 
 def run_health(settings: Settings) -> dict:
@@ -227,8 +222,8 @@ def handler(job: dict) -> dict:
     return run_job(job)
 
 
-# One job at a time (design.md section 6). After a cancel, the cancelled job's thread is
-# still finishing (A1111 stops at its next sampling step); the next job waits for it here.
+# One job at a time: the worker has one A1111 behind it. After a cancel, the cancelled job's
+# thread is still finishing (A1111 stops at its next sampling step); the next job waits for it here.
 _job_lock = threading.Lock()
 # Set when RunPod cancels the job; asyncio.to_thread copies the context into the job's thread.
 _cancelled: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("cancelled", default=None)
@@ -247,10 +242,10 @@ def _run_serialized(job: dict) -> dict:
 
 async def async_handler(job: dict) -> dict:
     """RunPod entry point. The SDK runs a sync handler on its event loop, where a cancel can
-    only land after the job has ended (runpod-worker.md section 2); in a thread, the cancel
-    arrives at once as CancelledError: interrupt A1111, then re-raise so RunPod records the
-    job as cancelled. The client's interrupt also makes the job's own txt2img call fail
-    instead of passing off A1111's partial image as a result."""
+    only land after the job has ended; in a thread, the cancel arrives at once as
+    CancelledError: interrupt A1111, then re-raise so RunPod records the job as cancelled.
+    The client's interrupt also makes the job's own txt2img call fail instead of passing off
+    A1111's partial image as a result."""
     cancelled = threading.Event()
     _cancelled.set(cancelled)
     try:

@@ -1,4 +1,5 @@
-"""Turn A1111's txt2img answer into the job output of design.md section 4.
+"""Turn A1111's txt2img answer into the job output, and record per image what it was asked
+to be (seed, size, label) for delivery.
 
 A1111's base64 images are passed through untouched (no decode, no re-encode). Only the
 generated images are returned: there are ``len(info.all_seeds)`` of them, starting at
@@ -10,10 +11,13 @@ long strings (base64 control images) shortened; A1111's own echo is dropped.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from a1111.names import Resolved
 from schemas.errors import A1111Error
+from schemas.output import ImageFacts, Packaged
 
 # Keys whose string values are images (ControlNet units, masks); the caller sent them, so
 # they are not echoed back. Any other string this long is shortened too.
@@ -70,10 +74,42 @@ def _seeds(info: dict[str, Any]) -> list[int]:
     return [int(seed)] if isinstance(seed, int) else []
 
 
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def asked_size(params: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The size A1111 was asked for by a txt2img payload, hires fix included (A1111 v1.10
+    ``StableDiffusionProcessingTxt2Img.init``: hr_resize_x/y win over hr_scale; one of them
+    alone keeps the aspect ratio). PURE."""
+    width, height = _num(params.get("width")), _num(params.get("height"))
+    if not width or not height:
+        return None
+    if not params.get("enable_hr"):
+        return int(width), int(height)
+    rx, ry = _num(params.get("hr_resize_x")) or 0, _num(params.get("hr_resize_y")) or 0
+    if rx == 0 and ry == 0:
+        scale = _num(params.get("hr_scale")) or 2.0  # A1111's default hr_scale
+        return int(width * scale), int(height * scale)
+    if rx == 0:
+        return int(ry * width / height), int(ry)
+    if ry == 0:
+        return int(rx), int(rx * height / width)
+    return int(rx), int(ry)
+
+
+def image_facts(payload: Mapping[str, Any], seeds: Sequence[int], count: int) -> list[ImageFacts]:
+    """Facts for the ``count`` images returned by one generation: the first ``len(seeds)``
+    are the generated ones, asked the payload's size; what follows (ControlNet detect maps)
+    was asked nothing. PURE."""
+    size = asked_size(payload)
+    return [ImageFacts(seeds[i], size) if i < len(seeds) else ImageFacts() for i in range(count)]
+
+
 def package(response: dict[str, Any], payload: dict[str, Any], resolved: Resolved, *,
             return_control_maps: bool = False, timings: dict[str, float] | None = None,
-            warnings: list[str] | None = None) -> dict[str, Any]:
-    """The job output for one generation. PURE."""
+            warnings: list[str] | None = None) -> Packaged:
+    """The job output for one generation, with the facts of each image. PURE."""
     info = parse_info(response.get("info"))
     images = response.get("images") or []
     seeds = _seeds(info)
@@ -112,19 +148,39 @@ def package(response: dict[str, Any], payload: dict[str, Any], resolved: Resolve
     }
     if resolved.placed:
         out["models"]["placed"] = list(resolved.placed)
-    return out
+    return Packaged(out, image_facts(payload, seeds, len(out_images)))
 
 
-def combine(steps: list[tuple[str | None, dict[str, Any]]]) -> dict[str, Any]:
-    """One output for a preset's several steps: images, seeds and labels in step order."""
+def combine(steps: Sequence[tuple[str | None, Packaged]], extras: Sequence[tuple[str, str]] = ()) -> Packaged:
+    """One output for a job's steps, then the (label, base64 PNG) images the worker drew
+    after them (presets.finish). A single unlabelled step without extras is returned as
+    is: a plain job's output has no ``labels``. PURE."""
     if len(steps) == 1 and steps[0][0] is None:
-        return steps[0][1]
+        if not extras:
+            return steps[0][1]
+        only = steps[0][1]
+        out = {**only.result, "images": list(only.result["images"])}
+        facts = [replace(fact, label="image") for fact in only.images]
+    else:
+        out, facts = _merge(steps)
+    out["images"].extend(image for _, image in extras)
+    facts.extend(ImageFacts(label=label) for label, _ in extras)
+    out["labels"] = [fact.label for fact in facts]
+    return Packaged(out, facts)
+
+
+def _merge(steps: Sequence[tuple[str | None, Packaged]]) -> tuple[dict[str, Any], list[ImageFacts]]:
+    """Images and seeds in step order; info and parameters keyed by step label; timings
+    summed; the last step's models."""
+    # "labels" is filled from the facts by combine; it is here so the output's keys keep their order.
     out: dict[str, Any] = {"images": [], "labels": [], "seeds": [], "info": {}, "parameters": {},
                            "models": {}, "timings": {}, "warnings": []}
-    for i, (label, result) in enumerate(steps):
+    facts: list[ImageFacts] = []
+    for i, (label, step) in enumerate(steps):
         key = label or f"step{i + 1}"
+        result = step.result
         out["images"].extend(result["images"])
-        out["labels"].extend([key] * len(result["images"]))
+        facts.extend(replace(fact, label=key) for fact in step.images)
         out["seeds"].extend(result["seeds"])
         out["info"][key] = result["info"]
         out["parameters"][key] = result["parameters"]
@@ -132,4 +188,4 @@ def combine(steps: list[tuple[str | None, dict[str, Any]]]) -> dict[str, Any]:
         for name, secs in result["timings"].items():
             out["timings"][name] = round(out["timings"].get(name, 0.0) + secs, 3)
         out["warnings"].extend(w for w in result["warnings"] if w not in out["warnings"])
-    return out
+    return out, facts

@@ -1,8 +1,9 @@
 """Model references -> what to look for on the volume and where to fetch it from (pure).
 
 A reference is a catalog id, a file name / stem on the volume, or a source dict
-({hf, file, revision?} | {civitai} | {url, sha256?}, each with an optional ``name``). This module decides the target file name and a stable key for
-locking and for the registry; it does no I/O.
+({hf, file, revision?} | {civitai} | {url, sha256?}, each with an optional ``name``).
+This module decides the target file name and a stable key for locking and for the
+registry; it does no I/O.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""Output options of a job (its ``output`` field) and the per-request bucket
-(RunPod's top-level ``s3Config``)."""
+"""Output options of a job (its ``output`` field), the per-request bucket (RunPod's
+top-level ``s3Config``), and the packaged result that a1111/results hands to output/."""
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -73,3 +74,23 @@ def parse_s3_config(raw: object) -> S3Config | None:
                 message = f"{field} is invalid ({err.get('type')})"
             problems.append(Problem(field, message))
         raise problems_error(problems, message=f"invalid s3Config: {problems[0].message}") from None
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What one returned image was asked to be, recorded when it was packaged: delivery
+    checks sizes and names seeds from these instead of reading the job output back. None
+    where nothing was asked (ControlNet detect maps, a preset's drawn extras)."""
+
+    seed: int | None = None
+    size: tuple[int, int] | None = None  # (width, height), hires fix included
+    label: str | None = None  # the preset step or extra it belongs to; None for a plain job
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """A job output as the caller will see it (``result``) and, kept out of it, one
+    ImageFacts per ``result["images"]`` entry, in the same order."""
+
+    result: dict[str, Any]
+    images: list[ImageFacts]

@@ -186,7 +186,7 @@ def test_compile_is_pure():
 def test_package_recorded_batch():
     rec = A["txt2img_batch_size_2"]
     out = package(rec["response"]["json"], {"prompt": "x"}, resolved(sampler="Euler"),
-                  timings={"generate_s": 1.0})
+                  timings={"generate_s": 1.0}).result
     info = json.loads(rec["response"]["json"]["info"])
     assert out["images"] == rec["response"]["json"]["images"]  # untouched
     assert out["seeds"] == info["all_seeds"] and len(out["seeds"]) == 2
@@ -199,16 +199,17 @@ def test_package_drops_controlnet_maps_unless_asked():
     rec = A["ext_txt2img_controlnet_canny_with_model"]
     resp = rec["response"]["json"]
     assert len(resp["images"]) == 2  # generated image + appended detect map
-    out = package(resp, rec["request"]["json"], resolved(sampler=json.loads(resp["info"])["sampler_name"]))
+    out = package(resp, rec["request"]["json"], resolved(sampler=json.loads(resp["info"])["sampler_name"])).result
     assert out["images"] == resp["images"][:1]
-    assert package(resp, {}, resolved(), return_control_maps=True)["images"] == resp["images"]
+    assert package(resp, {}, resolved(), return_control_maps=True).result["images"] == resp["images"]
     # the control image the caller sent is not echoed back in full
     assert "omitted" in json.dumps(out["parameters"])
 
 
 def test_package_warns_when_a1111_ran_something_else():
     rec = A["txt2img_minimal"]  # ran model_a with Euler
-    out = package(rec["response"]["json"], {}, resolved(checkpoint="model_b.safetensors", checkpoint_name="model_b"))
+    out = package(rec["response"]["json"], {}, resolved(checkpoint="model_b.safetensors",
+                                                        checkpoint_name="model_b")).result
     assert any("model_a" in w for w in out["warnings"])
     assert any("Euler" in w for w in out["warnings"])
 
@@ -218,9 +219,9 @@ def test_combine_labels_steps():
     one = package(rec, {"prompt": "p"}, resolved(sampler="Euler"), timings={"generate_s": 1.0})
     two = package(rec, {"prompt": "f"}, resolved(sampler="Euler"), timings={"generate_s": 2.0})
     assert combine([(None, one)]) is one
-    both = combine([("preview", one), ("final", two)])
+    both = combine([("preview", one), ("final", two)]).result
     assert both["labels"] == ["preview", "final"]
-    assert both["images"] == one["images"] + two["images"]
+    assert both["images"] == one.result["images"] + two.result["images"]
     assert both["timings"]["generate_s"] == 3.0
     assert set(both["parameters"]) == {"preview", "final"}
 
@@ -239,6 +240,6 @@ def test_contract_check_catches_what_a1111_would_drop_or_refuse(backend):
 
 def test_package_checks_the_schedule_type_a1111_reports():
     resp = A["txt2img_sampler_dpmpp2m_scheduler_karras"]["response"]["json"]
-    assert package(resp, {}, resolved(scheduler="Karras"))["warnings"] == []
-    out = package(resp, {}, resolved(scheduler="Exponential"))
+    assert package(resp, {}, resolved(scheduler="Karras")).result["warnings"] == []
+    out = package(resp, {}, resolved(scheduler="Exponential")).result
     assert out["warnings"] == ["A1111 reports schedule type 'Karras', not the requested 'Exponential'"]

@@ -2,7 +2,8 @@
 conversion with the infotext carried over, and the real-size check.
 
 Inputs are the PNGs a real A1111 v1.10.1 returned (tests/recordings/a1111), packaged the way
-a1111/results.py does (images, seeds from info.all_seeds, parameters = the body sent)."""
+a1111/results.py does (images, seeds from info.all_seeds, parameters = the body sent, and the
+facts per image recorded beside them)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,14 @@ import piexif.helper
 import pytest
 from PIL import Image
 
-from a1111.delivery import (
-    asked_size,
-    convert,
-    deliver,
-    exif_user_comment,
-    expected_sizes,
-    find_bucket,
-    image_info,
-    image_plan,
-    serialized_size,
-)
+from a1111.names import Resolved
+from a1111.results import asked_size, combine, image_facts, package
+from output.bucket import find_bucket
+from output.delivery import deliver, preflight, serialized_size
+from output.images import convert, exif_user_comment, image_info
 from schemas.errors import ResultTooLarge, UploadFailed, ValidationFailed, error_result
 from schemas.job import parse_job
-from schemas.output import OutputOptions, parse_s3_config
+from schemas.output import ImageFacts, OutputOptions, Packaged, parse_s3_config
 from schemas.settings import Settings
 
 RECORDINGS = Path(__file__).resolve().parent / "recordings" / "a1111"
@@ -41,6 +36,18 @@ def recorded_result(name: str) -> dict:
     info = json.loads(body["info"])
     return {"images": list(body["images"]), "seeds": list(info["all_seeds"]), "info": info,
             "parameters": dict(rec["request"]["json"]), "warnings": []}
+
+
+def packaged(result: dict) -> Packaged:
+    """``result`` with the facts results.package records for one generation."""
+    return Packaged(result, image_facts(result.get("parameters") or {}, result.get("seeds") or [],
+                                        len(result["images"])))
+
+
+def deliver_result(result: dict, options: OutputOptions | None, settings: Settings, job_id: str,
+                   s3_config: dict | None) -> dict:
+    """deliver() as handler.run_txt2img calls it: the plan from preflight, facts from packaging."""
+    return deliver(packaged(result), preflight(options, s3_config), settings, job_id)
 
 
 @pytest.fixture
@@ -146,21 +153,35 @@ def test_asked_size_follows_a1111_hires_rules():
 
 def test_plan_of_a_preset_result_with_labels_and_an_extra_image():
     a, b = recorded_result("txt2img_minimal"), recorded_result("txt2img_hires_latent")
-    result = {"images": a["images"] + b["images"] + ["<colour map>"],
-              "labels": ["preview", "final", "color_map"],
-              "seeds": a["seeds"] + b["seeds"],
-              "info": {"preview": a["info"], "final": b["info"]},
-              "parameters": {"preview": a["parameters"], "final": b["parameters"]}}
-    plan = image_plan(result)
+    ran = Resolved("model_a.safetensors", "model_a", None, "Euler", "Automatic")
+    steps = [(label, package({"images": r["images"], "info": r["info"]}, r["parameters"], ran))
+             for label, r in (("preview", a), ("final", b))]
+    combined = combine(steps, [("color_map", "<colour map>")])
+    assert combined.result["labels"] == ["preview", "final", "color_map"]
+    plan = combined.images
     assert [p.size for p in plan] == [(64, 64), (96, 96), None]
     assert [p.seed for p in plan] == [a["seeds"][0], b["seeds"][0], None]
+
+
+def test_facts_of_a_plain_job_with_control_maps_and_an_extra_image():
+    rec = json.loads((RECORDINGS / "ext_txt2img_controlnet_canny_with_model.json").read_text())
+    step = package(rec["response"]["json"], rec["request"]["json"], Resolved("m", "", None, "Euler", "Automatic"),
+                   return_control_maps=True)
+    size = asked_size(rec["request"]["json"])
+    assert step.images == [ImageFacts(step.result["seeds"][0], size), ImageFacts()]
+    assert combine([(None, step)]) is step and "labels" not in step.result
+    combined = combine([(None, step)], [("colormap", "<colour map>")])
+    assert combined.result["labels"] == ["image", "image", "colormap"]
+    assert combined.result["images"] == [*step.result["images"], "<colour map>"]
+    assert [f.size for f in combined.images] == [size, None, None]
+    assert len(step.result["images"]) == 2  # the step's own output is left as it was
 
 
 # --------------------------------------------------------------------------- png pass-through + checks
 def test_png_default_passes_a1111_base64_through_untouched(settings):
     result = recorded_result("txt2img_batch_size_2")
     originals = list(result["images"])
-    out = deliver(result, None, settings, "job-1", None)
+    out = deliver_result(result, None, settings, "job-1", None)
     assert all(new is old for new, old in zip(out["images"], originals, strict=True))  # same objects: no re-encode
     assert out["warnings"] == []
     assert out["delivery"] == {"format": "png", "uploaded": False, "inline_bytes": serialized_size(
@@ -169,16 +190,16 @@ def test_png_default_passes_a1111_base64_through_untouched(settings):
 
 def test_hires_result_is_checked_against_the_scaled_size(settings):
     result = recorded_result("txt2img_hires_latent")
-    assert expected_sizes(result) == [(96, 96)]
-    assert deliver(result, None, settings, "j", None)["warnings"] == []
+    assert [fact.size for fact in packaged(result).images] == [(96, 96)]
+    assert deliver_result(result, None, settings, "j", None)["warnings"] == []
     # the same image against a job that asked for no hires fix: a warning, not an error
     result["parameters"]["enable_hr"] = False
-    out = deliver(result, None, settings, "j", None)
+    out = deliver_result(result, None, settings, "j", None)
     assert out["warnings"] == ["image 0 is 96x96, but 64x64 was asked"]
 
 
 def test_width_70_size_mismatch_is_a_warning(settings):
-    out = deliver(recorded_result("txt2img_width_70"), None, settings, "j", None)
+    out = deliver_result(recorded_result("txt2img_width_70"), None, settings, "j", None)
     assert out["warnings"] == ["image 0 is 64x64, but 70x64 was asked (A1111 rounds sizes down to a multiple of 8)"]
     assert len(out["images"]) == 1
 
@@ -187,7 +208,7 @@ def test_explicit_expected_sizes_and_wrong_format_warn(settings):
     result = recorded_result("txt2img_minimal")
     jpeg, _, _ = convert(base64.b64decode(result["images"][0]), "jpeg", 80)
     result["images"] = [base64.b64encode(jpeg).decode(), "AAAA"]
-    out = deliver(result, None, settings, "j", None, expected=[(128, 64), None])
+    out = deliver(Packaged(result, [ImageFacts(size=(128, 64)), ImageFacts()]), preflight(None, None), settings, "j")
     assert out["warnings"] == [
         "image 0 is JPEG, not the PNG expected (A1111's 'samples_format' setting decides the API's format)",
         "image 0 is 64x64, but 128x64 was asked",
@@ -203,7 +224,7 @@ def test_conversion_keeps_the_infotext_where_a1111_reads_it(settings, fmt):
     for b64 in result["images"]:
         with decode(b64) as im:
             texts.append(im.info["parameters"])
-    out = deliver(result, OutputOptions(format=fmt, quality=70), settings, "j", None)
+    out = deliver_result(result, OutputOptions(format=fmt, quality=70), settings, "j", None)
     assert out["warnings"] == []
     for b64, text in zip(out["images"], texts, strict=True):
         with decode(b64) as im:
@@ -214,8 +235,8 @@ def test_conversion_keeps_the_infotext_where_a1111_reads_it(settings, fmt):
 
 def test_quality_changes_the_bytes(settings):
     result = recorded_result("txt2img_concurrent_first")  # 128x128
-    low = deliver(dict(result), OutputOptions(format="jpeg", quality=5), settings, "j", None)
-    high = deliver(dict(result), OutputOptions(format="jpeg", quality=95), settings, "j", None)
+    low = deliver_result(dict(result), OutputOptions(format="jpeg", quality=5), settings, "j", None)
+    high = deliver_result(dict(result), OutputOptions(format="jpeg", quality=95), settings, "j", None)
     assert len(low["images"][0]) < len(high["images"][0])
 
 
@@ -225,7 +246,7 @@ def test_rgba_and_palette_images_convert(settings):
         Image.new(mode, (40, 24)).save(buf, "PNG")
         result = {"images": [base64.b64encode(buf.getvalue()).decode()], "seeds": [], "parameters": {}}
         for fmt in ("jpeg", "webp"):
-            out = deliver(result, OutputOptions(format=fmt), settings, "j", None)
+            out = deliver_result(result, OutputOptions(format=fmt), settings, "j", None)
             with decode(out["images"][0]) as im:
                 assert (im.format, im.size) == (fmt.upper(), (40, 24))
 
@@ -238,7 +259,7 @@ def test_infotext_too_long_for_jpeg_exif_is_a_warning_not_a_failure(settings):
     meta.add_text("parameters", "x" * 40_000)  # 80 KB in UTF-16: over JPEG's 64 KB APP1
     Image.new("RGB", (16, 16)).save(buf, "PNG", pnginfo=meta)
     result = {"images": [base64.b64encode(buf.getvalue()).decode()], "seeds": [1], "parameters": {}}
-    out = deliver(result, OutputOptions(format="jpeg"), settings, "j", None)
+    out = deliver_result(result, OutputOptions(format="jpeg"), settings, "j", None)
     assert any("too long for a JPEG" in w for w in out["warnings"])
     with decode(out["images"][0]) as im:
         assert im.format == "JPEG"
@@ -249,11 +270,11 @@ def test_infotext_too_long_for_jpeg_exif_is_a_warning_not_a_failure(settings):
         meta.add_text("parameters", "y" * length)
         buf = io.BytesIO()
         Image.new("RGB", (16, 16)).save(buf, "PNG", pnginfo=meta)
-        edge = deliver({"images": [base64.b64encode(buf.getvalue()).decode()], "seeds": [1], "parameters": {}},
+        edge = deliver_result({"images": [base64.b64encode(buf.getvalue()).decode()], "seeds": [1], "parameters": {}},
                        OutputOptions(format="jpeg"), settings, "j", None)
         with decode(edge["images"][0]) as im:
             assert ("exif" in im.info) is fits and (edge["warnings"] == []) is fits
-    webp = deliver(result, OutputOptions(format="webp"), settings, "j", None)
+    webp = deliver_result(result, OutputOptions(format="webp"), settings, "j", None)
     with decode(webp["images"][0]) as im:
         assert user_comment(im) == "x" * 40_000
 
@@ -278,7 +299,7 @@ def test_over_the_limit_without_a_bucket_names_size_and_both_fixes(settings, mon
     result = recorded_result("txt2img_batch_size_2")
     size = serialized_size({**result, "warnings": []})
     with pytest.raises(ResultTooLarge) as exc:
-        deliver(result, None, settings, "j", None)
+        deliver_result(result, None, settings, "j", None)
     out = error_result(exc.value)
     assert out["error_type"] == "result_too_large"
     msg = out["error"]
@@ -292,31 +313,31 @@ def test_upload_never_over_the_limit_fails_even_with_a_bucket(settings, monkeypa
     # a bucket that would fail if contacted: 'never' must not try it
     s3 = {"endpointUrl": "http://127.0.0.1:9", "accessId": "a", "accessSecret": "b", "bucketName": "out"}
     with pytest.raises(ResultTooLarge, match="allow an upload"):
-        deliver(recorded_result("txt2img_batch_size_2"), OutputOptions(upload="never"), settings, "j", s3)
+        deliver_result(recorded_result("txt2img_batch_size_2"), OutputOptions(upload="never"), settings, "j", s3)
 
 
 def test_jpeg_brings_a_result_under_the_limit(settings, monkeypatch):
     settings = small_limit(monkeypatch, "0.01")
-    out = deliver(recorded_result("txt2img_batch_size_2"), OutputOptions(format="jpeg", quality=50),
+    out = deliver_result(recorded_result("txt2img_batch_size_2"), OutputOptions(format="jpeg", quality=50),
                   settings, "j", None)
     assert out["delivery"]["inline_bytes"] <= 10_000 and not out["delivery"]["uploaded"]
 
 
 def test_upload_always_without_a_bucket_is_a_clear_error(settings):
     with pytest.raises(UploadFailed, match="output.upload is 'always' but no bucket is configured"):
-        deliver(recorded_result("txt2img_minimal"), OutputOptions(upload="always"), settings, "j", None)
+        deliver_result(recorded_result("txt2img_minimal"), OutputOptions(upload="always"), settings, "j", None)
 
 
 def test_incomplete_bucket_environment_is_named(settings, monkeypatch):
     monkeypatch.setenv("BUCKET_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("BUCKET_SECRET_ACCESS_KEY", "hidden-secret")
     with pytest.raises(UploadFailed) as exc:
-        deliver(recorded_result("txt2img_minimal"), OutputOptions(upload="always"), settings, "j", None)
+        deliver_result(recorded_result("txt2img_minimal"), OutputOptions(upload="always"), settings, "j", None)
     assert "BUCKET_ACCESS_KEY_ID not set" in exc.value.message and "hidden-secret" not in exc.value.message
 
 
 def test_result_size_fast_path_equals_the_exact_size():
-    from a1111.delivery import result_size
+    from output.delivery import result_size
 
     images = [base64.b64encode(bytes(range(256)) * 400).decode("ascii") for _ in range(3)]
     result = {"images": images, "info": {"prompt": "ünïcode \"quoted\""}, "seeds": [1, 2, 3]}

@@ -26,12 +26,12 @@ import requests
 from moto.server import ThreadedMotoServer
 from PIL import Image
 
-from a1111.delivery import Bucket, deliver, find_bucket
+from output.bucket import Bucket, find_bucket
 from schemas.errors import ResultTooLarge, UploadFailed, error_result
 from schemas.output import OutputOptions
 from schemas.settings import Settings
 from tests.replay import ReplayServer
-from tests.test_output_delivery import recorded_result
+from tests.test_output_delivery import deliver_result, recorded_result
 
 TXT2IMG = "/sdapi/v1/txt2img"
 BUCKET_ENV = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
@@ -125,14 +125,14 @@ def env_bucket(monkeypatch: pytest.MonkeyPatch, s3: S3) -> None:
     monkeypatch.setenv("BUCKET_NAME", s3.bucket)
 
 
-# --------------------------------------------------------------------------- deliver()
+# --------------------------------------------------------------------------- deliver_result()
 def test_auto_uploads_above_the_limit_and_urls_serve_the_same_bytes(s3, clean_env, monkeypatch, caplog):
-    caplog.set_level(logging.DEBUG, logger="a1111.delivery")
+    caplog.set_level(logging.DEBUG, logger="output.delivery")
     env_bucket(monkeypatch, s3)
     settings = settings_with(monkeypatch, "0.01")  # 10 kB: two 64x64 PNGs are ~25 kB of JSON
     result = recorded_result("txt2img_batch_size_2")
     originals = [base64.b64decode(b) for b in result["images"]]
-    out = deliver(result, None, settings, "job/../42", None)
+    out = deliver_result(result, None, settings, "job/../42", None)
 
     assert [sorted(img) for img in out["images"]] == [["format", "height", "seed", "url", "width"]] * 2
     assert [img["seed"] for img in out["images"]] == result["info"]["all_seeds"]
@@ -155,7 +155,7 @@ def test_auto_uploads_above_the_limit_and_urls_serve_the_same_bytes(s3, clean_en
 def test_below_the_limit_stays_base64_even_with_a_bucket(s3, clean_env, monkeypatch):
     env_bucket(monkeypatch, s3)
     result = recorded_result("txt2img_batch_size_2")
-    out = deliver(dict(result), None, settings_with(monkeypatch), "j", None)
+    out = deliver_result(dict(result), None, settings_with(monkeypatch), "j", None)
     assert out["images"] == result["images"] and not out["delivery"]["uploaded"]
     assert s3.objects() == {}
     assert_nothing_written(clean_env)
@@ -166,7 +166,7 @@ def test_per_request_s3config_wins_over_the_environment(s3, clean_env, monkeypat
     monkeypatch.setenv("BUCKET_ENDPOINT_URL", "http://127.0.0.1:9")
     monkeypatch.setenv("BUCKET_ACCESS_KEY_ID", "env-id")
     monkeypatch.setenv("BUCKET_SECRET_ACCESS_KEY", "env-secret")
-    out = deliver(recorded_result("txt2img_minimal"), OutputOptions(upload="always"),
+    out = deliver_result(recorded_result("txt2img_minimal"), OutputOptions(upload="always"),
                   settings_with(monkeypatch), "job-s3", s3.config())
     assert out["delivery"]["bucket"] == s3.bucket and out["delivery"]["bucket_source"] == "s3Config"
     stored = s3.objects()
@@ -179,7 +179,7 @@ def test_always_with_jpeg_uploads_jpeg_with_its_infotext(s3, clean_env, monkeypa
     result = recorded_result("txt2img_hires_latent")
     with Image.open(io.BytesIO(base64.b64decode(result["images"][0]))) as im:
         infotext = im.info["parameters"]
-    out = deliver(result, OutputOptions(format="jpeg", quality=80, upload="always"),
+    out = deliver_result(result, OutputOptions(format="jpeg", quality=80, upload="always"),
                   settings_with(monkeypatch), "j", s3.config())
     img = out["images"][0]
     assert (img["format"], img["width"], img["height"], img["seed"]) == ("jpeg", 96, 96, result["seeds"][0])
@@ -198,14 +198,14 @@ def test_bad_credentials_are_a_clear_error_without_secrets(s3, clean_env, monkey
     s3.auth(True)
     try:
         # the real key is accepted with auth on: the failures below are the credentials' fault
-        ok = deliver(recorded_result("txt2img_minimal"), OutputOptions(upload="always"), settings, "ok",
+        ok = deliver_result(recorded_result("txt2img_minimal"), OutputOptions(upload="always"), settings, "ok",
                      s3.config())
         assert ok["delivery"]["uploaded"]
         cases = [(s3.config(accessId="AKIANOTAREALKEY00000"), "rejected the access key id"),
                  (s3.config(accessSecret="wrong-secret-value-123"), "rejected the secret key")]
         for cfg, why in cases:
             with pytest.raises(UploadFailed) as exc:
-                deliver(recorded_result("txt2img_batch_size_2"), None, settings, "bad", cfg)
+                deliver_result(recorded_result("txt2img_batch_size_2"), None, settings, "bad", cfg)
             out = error_result(exc.value)
             assert out["error_type"] == "upload_failed" and why in out["error"]
             assert f"bucket '{s3.bucket}'" in out["error"] and "the images were not kept" in out["error"]
@@ -219,14 +219,14 @@ def test_bad_credentials_are_a_clear_error_without_secrets(s3, clean_env, monkey
 
 def test_missing_bucket_is_a_clear_error(s3, clean_env, monkeypatch):
     with pytest.raises(UploadFailed) as exc:
-        deliver(recorded_result("txt2img_minimal"), OutputOptions(upload="always"), settings_with(monkeypatch),
+        deliver_result(recorded_result("txt2img_minimal"), OutputOptions(upload="always"), settings_with(monkeypatch),
                 "j", s3.config(bucketName="no-such-bucket-here"))
     msg = exc.value.message
     assert "bucket 'no-such-bucket-here'" in msg and "does not exist" in msg and "s3Config.bucketName" in msg
     env_bucket(monkeypatch, s3)
     monkeypatch.setenv("BUCKET_NAME", "also-missing")
     with pytest.raises(UploadFailed, match="does not exist; create it or set BUCKET_NAME"):
-        deliver(recorded_result("txt2img_minimal"), OutputOptions(upload="always"), settings_with(monkeypatch),
+        deliver_result(recorded_result("txt2img_minimal"), OutputOptions(upload="always"), settings_with(monkeypatch),
                 "j", None)
     assert_nothing_written(clean_env)
 
@@ -234,7 +234,7 @@ def test_missing_bucket_is_a_clear_error(s3, clean_env, monkeypatch):
 def test_still_too_large_after_upload_is_an_error(s3, clean_env, monkeypatch):
     # 1 kB: even without its images, a result's info and parameters are larger
     with pytest.raises(ResultTooLarge, match=r"is still \d+\.\d kB with its images uploaded"):
-        deliver(recorded_result("txt2img_minimal"), None, settings_with(monkeypatch, "0.001"), "j", s3.config())
+        deliver_result(recorded_result("txt2img_minimal"), None, settings_with(monkeypatch, "0.001"), "j", s3.config())
     assert s3.objects() == {}  # measured with stand-in URLs before anything was uploaded
     assert_nothing_written(clean_env)
 
@@ -242,14 +242,14 @@ def test_still_too_large_after_upload_is_an_error(s3, clean_env, monkeypatch):
 def test_unreachable_endpoint_is_a_clear_error(clean_env, monkeypatch):
     cfg = {"endpointUrl": "http://127.0.0.1:9", "accessId": "a", "accessSecret": "b", "bucketName": "out"}
     with pytest.raises(UploadFailed, match="could not be reached"):
-        deliver(recorded_result("txt2img_minimal"), OutputOptions(upload="always"), settings_with(monkeypatch),
+        deliver_result(recorded_result("txt2img_minimal"), OutputOptions(upload="always"), settings_with(monkeypatch),
                 "j", cfg)
     assert_nothing_written(clean_env)
 
 
 def test_over_the_limit_without_a_bucket_writes_nothing(clean_env, monkeypatch):
     with pytest.raises(ResultTooLarge, match="configure a bucket"):
-        deliver(recorded_result("txt2img_batch_size_2"), None, settings_with(monkeypatch, "0.01"), "j", None)
+        deliver_result(recorded_result("txt2img_batch_size_2"), None, settings_with(monkeypatch, "0.01"), "j", None)
     assert_nothing_written(clean_env)
 
 
