@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from a1111.names import Resolved
+from a1111.resolved import Resolved
 from schemas.errors import A1111Error
 
 # Keys whose string values are images (ControlNet units, masks); the caller sent them, so
