@@ -2,7 +2,7 @@
 
     raw job -> parse_job -> action:
       txt2img: output.preflight -> presets.expand -> per step: ensure_ready -> resolve names
-               (+ extension names) -> compile_txt2img -> client.txt2img (with progress)
+               (extensions' too) -> compile_txt2img -> client.txt2img (with progress)
                -> results.package -> presets.finish -> results.combine -> output.deliver
       health, list_models, prefetch
     any exception -> schemas.errors.error_result
@@ -20,18 +20,19 @@ import logging
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from a1111.client import A1111Client
-from a1111.extensions import check_extension_names
-from a1111.names import LiveLists, lora_family_from_metadata, resolve
+from a1111.lists import MODEL_LISTS
 from a1111.payload import compile_txt2img, compile_warnings
 from a1111.progress import ProgressReporter
 from a1111.readiness import cold_start, ensure_ready, prewarm_in_background, recheck_unavailable
+from a1111.resolve import resolve
 from a1111.results import combine, package
+from a1111.state import state_for
 from cache import ModelCache
 from cache.catalog import Catalog
+from cache.inspect import family_from_metadata
 from output.delivery import deliver, preflight
 from schemas.errors import A1111Unavailable, JobTimeout, WorkerError, error_result
 from schemas.job import Job, parse_job, ref_value
@@ -40,37 +41,16 @@ from schemas.settings import Settings
 
 log = logging.getLogger("worker")
 
-_clients: dict[str, A1111Client] = {}
-_catalogs: dict[tuple[str, float], Catalog] = {}
-_shared_lock = threading.Lock()
-
 
 # --------------------------------------------------------------------------- shared state
 def get_client(settings: Settings) -> A1111Client:
     """The worker's client for A1111 (one per URL, so connections are kept alive)."""
-    with _shared_lock:
-        client = _clients.get(settings.a1111_url)
-        if client is None:
-            client = _clients[settings.a1111_url] = A1111Client(settings.a1111_url)
-        return client
+    return state_for(settings).client
 
 
 def load_catalog(settings: Settings) -> Catalog | None:
     """models.json as a cache.catalog.Catalog (re-read when the file changes); None if absent."""
-    path = Path(settings.catalog_path)
-    try:
-        mtime = path.stat().st_mtime
-    except OSError:
-        return None
-    key = (str(path), mtime)
-    with _shared_lock:
-        if key in _catalogs:
-            return _catalogs[key]
-    catalog = Catalog.load(path)
-    with _shared_lock:
-        _catalogs.clear()
-        _catalogs[key] = catalog
-    return catalog
+    return state_for(settings).catalog(settings.catalog_path)
 
 
 # --------------------------------------------------------------------------- actions
@@ -82,13 +62,11 @@ def run_txt2img(job: dict, parsed: Job, settings: Settings, started: float) -> d
     catalog = load_catalog(settings)
     steps = presets.expand(parsed, catalog, settings)
     client = get_client(settings)
-    ensure_ready(client, settings, deadline=deadline)
+    ensure_ready(settings, deadline=deadline)
     outputs: list[tuple[str | None, Packaged]] = []
     for step in steps:
         t0 = time.monotonic()
-        cache = ModelCache(settings, catalog) if step.job.controlnet else None
-        ext_problems = check_extension_names(step.job, client, settings.backend, cache=cache)
-        resolved = resolve(step.job, client, settings, catalog, cache=cache, extra_problems=ext_problems)
+        resolved = resolve(step.job, settings, catalog)
         payload = compile_txt2img(step.job, resolved, settings.backend)
         t1 = time.monotonic()
         log.info("job %s: txt2img%s %sx%s, %s steps, checkpoint %s, %d LoRA(s)", job.get("id"),
@@ -130,15 +108,14 @@ def run_health(settings: Settings) -> dict:
 
 
 def run_list_models(settings: Settings) -> dict:
-    client = get_client(settings)
-    lists = LiveLists.for_client(client)
+    lists = state_for(settings).lists
     catalog = load_catalog(settings)
     embeddings = lists.embeddings(fresh=True)
     out: dict[str, Any] = {
         "checkpoints": [{"title": e.get("title"), "model_name": e.get("model_name")}
                         for e in lists.checkpoints(fresh=True)],
         "loras": [{"name": e.get("name"), "alias": e.get("alias"),
-                   "family": lora_family_from_metadata(e.get("metadata"))} for e in lists.loras(fresh=True)],
+                   "family": family_from_metadata(e.get("metadata"))} for e in lists.loras(fresh=True)],
         "embeddings": [{"name": n, "shape": e.get("shape"), "usable_now": not e.get("skipped")}
                        for n, e in embeddings.items()],
         "samplers": [s.get("name") for s in lists.samplers(fresh=True)],
@@ -165,21 +142,16 @@ def run_prefetch(parsed: Job, settings: Settings) -> dict:
     return {"models": placed, "a1111_refreshed": _refresh_lists(settings, placed)}
 
 
-_REFRESH_ROUTES = {"checkpoint": "checkpoints", "lora": "loras", "embedding": "embeddings"}
-
-
 def _refresh_lists(settings: Settings, placed: list[dict]) -> list[str]:
     """Ask A1111 to rescan the folders that just got new files, so the next job on this worker
     sees them at once; returns the lists refreshed. Best effort: an A1111 that is not up yet
     scans its folders when it starts, and a txt2img job refreshes again on a miss."""
-    client = get_client(settings)
+    lists = state_for(settings).lists
     done = []
-    for kind in sorted({p["kind"] for p in placed if p.get("downloaded")}):
-        route = _REFRESH_ROUTES.get(kind)
-        if route is None:
-            continue
+    for kind in sorted({p["kind"] for p in placed if p.get("downloaded")} & MODEL_LISTS.keys()):
+        route = MODEL_LISTS[kind].refresh
         try:
-            client.refresh(route)
+            lists.refresh(kind)
         except WorkerError as exc:
             log.info("prefetch: A1111 did not refresh its %s list (%s)", route, exc.message[:200])
             continue
@@ -222,8 +194,9 @@ def handler(job: dict) -> dict:
     return run_job(job)
 
 
-# One job at a time: the worker has one A1111 behind it. After a cancel, the cancelled job's
-# thread is still finishing (A1111 stops at its next sampling step); the next job waits for it here.
+# One job at a time: A1111 runs one generation at a time anyway, and a second job would
+# wait on its queue lock with its own timeout running. After a cancel, the cancelled job's
+# thread is still finishing (A1111 stops at its next sampling step); the next job waits here.
 _job_lock = threading.Lock()
 # Set when RunPod cancels the job; asyncio.to_thread copies the context into the job's thread.
 _cancelled: contextvars.ContextVar[threading.Event | None] = contextvars.ContextVar("cancelled", default=None)
@@ -241,11 +214,11 @@ def _run_serialized(job: dict) -> dict:
 
 
 async def async_handler(job: dict) -> dict:
-    """RunPod entry point. The SDK runs a sync handler on its event loop, where a cancel can
-    only land after the job has ended; in a thread, the cancel arrives at once as
-    CancelledError: interrupt A1111, then re-raise so RunPod records the job as cancelled.
-    The client's interrupt also makes the job's own txt2img call fail instead of passing off
-    A1111's partial image as a result."""
+    """RunPod entry point. The SDK calls a sync handler on its event loop, which the handler
+    then blocks, so a cancel can only land after the job has ended; in a thread, the cancel
+    arrives at once as CancelledError: interrupt A1111, then re-raise so RunPod records the
+    job as cancelled. The client's interrupt also makes the job's own txt2img call fail
+    instead of passing off A1111's partial image as a result."""
     cancelled = threading.Event()
     _cancelled.set(cancelled)
     try:
@@ -273,5 +246,5 @@ if __name__ == "__main__":
     except ValueError as exc:  # every job reports it too, as a clear error
         log.error("configuration: %s", exc)
     else:
-        prewarm_in_background(get_client(_settings), _settings)  # overlap the warm-up with the wait for jobs
+        prewarm_in_background(_settings)  # overlap the warm-up with the wait for jobs
     runpod.serverless.start({"handler": async_handler})

@@ -1,6 +1,6 @@
 """Compile a validated job plus its resolved names into the /sdapi/v1/txt2img body. PURE.
 
-Rules (design.md section 3, a1111-api.md, recordings):
+Rules (the recordings named show why):
 - Only what the job or the documented defaults set goes in: never sampler internals such
   as ``eta`` or ``s_noise`` (they turn "Euler a" into plain Euler).
 - LoRAs become ``<lora:NAME:WEIGHT>`` tags appended to the prompt.
@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from a1111.extensions import compile_extensions
-from a1111.names import Resolved
+from a1111.resolved import Resolved
 from schemas.errors import Problem, problems_error
 from schemas.job import Job
 

@@ -1,4 +1,4 @@
-"""Is A1111 ready for a job? (design.md section 6)
+"""Is A1111 ready for a job?
 
 Ready means, in order: the process start.sh launched is alive, ``/sdapi/v1/sd-models``
 answers, the default checkpoint is loaded (``options.sd_model_checkpoint``), and one tiny
@@ -18,13 +18,13 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
 from a1111.client import is_out_of_memory
+from a1111.state import ReadyState, state_for
 from a1111.supervisor import Supervisor
 from schemas.errors import A1111ProcessDied, A1111Unavailable, JobTimeout, OutOfMemory
 from schemas.settings import Settings
@@ -59,66 +59,23 @@ WARMUP_PAYLOAD: dict[str, Any] = {
 }
 
 
-@dataclass
-class ColdStart:
-    """Seconds since A1111's launch at which each phase was first seen."""
-
-    launched_at: float | None = None  # wall clock; None when nobody launched A1111 for us
-    api_up_s: float | None = None
-    model_loaded_s: float | None = None
-    warm_s: float | None = None
-    no_checkpoint: bool = False
-    noticed_at: dict[str, float] = field(default_factory=dict)  # phase -> time.monotonic()
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "api_up_s": self.api_up_s,
-            "model_loaded_s": self.model_loaded_s,
-            "warm_s": self.warm_s,
-            "no_checkpoint": self.no_checkpoint,
-        }
-
-
-@dataclass
-class _State:
-    ready: bool = False
-    first_call: float | None = None  # time.time() of the first ensure_ready, when not supervised
-    cold: ColdStart = field(default_factory=ColdStart)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-_STATES: dict[str, _State] = {}
-_STATES_LOCK = threading.Lock()
-
-
-def _state(url: str) -> _State:
-    with _STATES_LOCK:
-        return _STATES.setdefault(url, _State())
-
-
-def reset() -> None:
-    """Forget everything (tests, or after A1111 was restarted)."""
-    with _STATES_LOCK:
-        _STATES.clear()
-
-
 def cold_start(settings: Settings) -> dict[str, Any]:
     """The cold-start phases measured so far (for the health action)."""
-    st = _state(settings.a1111_url)
+    st = state_for(settings).readiness
     return {"ready": st.ready, **st.cold.as_dict()}
 
 
-def ensure_ready(client: Any, settings: Settings, supervisor: Supervisor | None = None, *,
+def ensure_ready(settings: Settings, supervisor: Supervisor | None = None, *,
                  deadline: float | None = None) -> None:
     """Return when A1111 is ready; raise A1111Unavailable otherwise (see module doc).
 
     ``deadline`` (a ``time.monotonic()`` value) is the job's own time limit: reaching it
     first fails the job with JobTimeout while A1111 goes on starting for the next job.
-    ``client`` (the job's A1111Client) is accepted for interface symmetry; the probes use
-    their own short timeouts and no retries, because polling must be fast and cheap.
+    The probes use their own HTTP session with short timeouts and no retries, not the
+    job's client, because polling must be fast and cheap.
     """
     sup = supervisor if supervisor is not None else Supervisor.from_env()
-    st = _state(settings.a1111_url)
+    st = state_for(settings).readiness
     with st.lock:
         if st.ready:
             _check_alive(sup)
@@ -140,7 +97,7 @@ def _died(sup: Supervisor, what: str) -> A1111ProcessDied:
     )
 
 
-def _wait_until_ready(st: _State, settings: Settings, sup: Supervisor, job_deadline: float | None) -> None:
+def _wait_until_ready(st: ReadyState, settings: Settings, sup: Supervisor, job_deadline: float | None) -> None:
     now_wall = time.time()
     launched = sup.started_at()
     if launched is None:
@@ -202,7 +159,7 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}s"
 
 
-def _mark(st: _State, phase: str, launched_ref: float) -> None:
+def _mark(st: ReadyState, phase: str, launched_ref: float) -> None:
     st.cold.noticed_at[phase] = time.monotonic()
     setattr(st.cold, f"{phase}_s", round(time.time() - launched_ref, 3))
 
@@ -336,13 +293,13 @@ def recheck_unavailable(exc: A1111Unavailable, supervisor: Supervisor | None = N
     return exc
 
 
-def prewarm_in_background(client: Any, settings: Settings) -> threading.Thread:
+def prewarm_in_background(settings: Settings) -> threading.Thread:
     """Start the readiness sequence at worker start, so the first job does not pay the warm-up.
     Failures are only logged here: the first job repeats the check and reports them."""
 
     def run() -> None:
         try:
-            ensure_ready(client, settings)
+            ensure_ready(settings)
         except Exception as exc:  # noqa: BLE001 - reported by the first job instead
             log.warning("A1111 not ready at worker start: %s", getattr(exc, "message", exc))
 

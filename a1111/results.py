@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from a1111.names import Resolved
+from a1111.resolved import Resolved
 from schemas.errors import A1111Error
 from schemas.output import ImageFacts, Packaged
 

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from a1111 import readiness  # noqa: E402
+from a1111.state import reset_worker_state, state_for  # noqa: E402
 from a1111.supervisor import Supervisor  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 
@@ -66,15 +67,15 @@ def run_ours(delay: float, state: Path) -> tuple[float, float]:
     os.environ["A1111_URL"] = f"http://127.0.0.1:{port}"
     os.environ["A1111_READY_TIMEOUT"] = "30"
     settings = Settings.from_env()
-    readiness.reset()
+    reset_worker_state()
     proc = _launch(port, delay)
     try:
         sup = Supervisor(pid_file=state / "a1111.pid", log_file=state / "a1111.log")
         sup.pid_file.write_text(f"{proc.pid}\n")
         w0, c0 = time.monotonic(), time.process_time()
-        readiness.ensure_ready(None, settings, sup)
+        readiness.ensure_ready(settings, sup)
         cpu = (time.process_time() - c0) / (time.monotonic() - w0)
-        noticed = readiness._state(settings.a1111_url).cold.noticed_at["api_up"]
+        noticed = state_for(settings).readiness.cold.noticed_at["api_up"]
         return noticed - _answered_at(proc), cpu
     finally:
         proc.kill()

@@ -4,7 +4,7 @@
 returns where it is: found on the volume, converted from a file on the volume, or
 downloaded (Hugging Face via huggingface-hub; Civitai and URLs via requests), verified and
 renamed into place under a per-file lease so that all workers download it once. Refreshing
-A1111's lists afterwards is the caller's job (the name resolver in a1111/).
+A1111's lists afterwards is the caller's job (a1111/resolve.py).
 """
 
 from __future__ import annotations

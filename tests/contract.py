@@ -11,10 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from jsonschema import Draft4Validator, Draft202012Validator
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT4, DRAFT202012
-
+from a1111.openapi import validator_for
 from tests.replay import recordings
 
 TXT2IMG_PATH = "/sdapi/v1/txt2img"
@@ -32,12 +29,7 @@ def _validator(backend: str) -> tuple[Any, frozenset[str]]:
     doc = openapi(backend)
     body = doc["paths"][TXT2IMG_PATH]["post"]["requestBody"]["content"]["application/json"]["schema"]
     ref = body["$ref"]
-    # OpenAPI 3.1 schemas are JSON Schema 2020-12; 3.0 schemas are (close to) draft 4.
-    modern = str(doc.get("openapi", "")).startswith("3.1")
-    spec, cls = (DRAFT202012, Draft202012Validator) if modern else (DRAFT4, Draft4Validator)
-    uri = f"urn:openapi:{backend}"
-    registry = Registry().with_resource(uri, Resource(contents=doc, specification=spec))
-    validator = cls({"$ref": f"{uri}{ref}"}, registry=registry)
+    validator = validator_for(doc, ref)  # the worker's own validator, so both read the schema alike
     target = doc
     for part in ref.lstrip("#/").split("/"):
         target = target[part]

@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 import handler as worker_module
-from a1111 import readiness
-from a1111.names import LiveLists
 from a1111.readiness import ensure_ready
+from a1111.state import reset_worker_state
 from handler import handler
 from schemas.settings import Settings
 from tests.contract import assert_txt2img_conforms
@@ -29,9 +28,7 @@ TXT2IMG = "/sdapi/v1/txt2img"
 def start_worker(backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, models_dir: Path,
                  catalog: Path | None = None) -> ReplayServer:
     # A new server can get the port of an earlier one: start from a clean worker state.
-    worker_module._clients.clear()
-    LiveLists.forget_all()
-    readiness.reset()
+    reset_worker_state()
     srv = ReplayServer(backend).start()
     monkeypatch.setenv("A1111_URL", srv.url)
     monkeypatch.setenv("MODELS_DIR", str(models_dir))
@@ -44,7 +41,7 @@ def start_worker(backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, 
     settings = Settings.from_env()
     # Readiness sends its own warm-up txt2img once per server; get it out of the way so a
     # test can assert that a bad job sent no txt2img at all.
-    ensure_ready(worker_module.get_client(settings), settings)
+    ensure_ready(settings)
     srv.reset_requests()
     return srv
 

@@ -9,17 +9,11 @@ import json
 
 import pytest
 
-from a1111.names import (
-    Resolved,
-    ResolvedLora,
-    find_checkpoint,
-    find_lora,
-    lora_family_from_metadata,
-    resolve_sampler,
-    split_sampler,
-)
+from a1111.matching import find_checkpoint, find_lora, resolve_sampler, split_sampler
 from a1111.payload import compile_txt2img, compile_warnings
+from a1111.resolved import Resolved, ResolvedLora
 from a1111.results import combine, package
+from cache.inspect import family_from_metadata as lora_family_from_metadata
 from schemas.errors import ValidationFailed
 from schemas.job import parse_job
 from tests.contract import txt2img_problems

@@ -10,7 +10,8 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from a1111.extensions import adetailer_args, controlnet_args, controlnet_model_listed
+from a1111.extensions import adetailer_args, controlnet_args
+from a1111.matching import controlnet_model_listed
 from presets import drawing
 from schemas.extensions import ADetailerUnit, ControlNetUnit, HiresSpec, adetailer_units
 

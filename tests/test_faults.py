@@ -36,8 +36,7 @@ import pytest
 import trustme
 from safetensors.numpy import save
 
-from a1111 import readiness
-from a1111.names import LiveLists
+from a1111.state import reset_worker_state, state_for
 from cache.refs import parse_ref
 from handler import handler
 from tests.replay import ReplayServer
@@ -50,11 +49,9 @@ JOB = {"prompt": "a photo of a cat", "steps": 1, "width": 64, "height": 64, "see
 @pytest.fixture(autouse=True)
 def _fresh_worker_state() -> Iterator[None]:
     """Readiness and list caches are per A1111 URL, and ports are reused across tests: start clean."""
-    readiness.reset()
-    LiveLists.forget_all()
+    reset_worker_state()
     yield
-    readiness.reset()
-    LiveLists.forget_all()
+    reset_worker_state()
 
 
 def run(inp: dict | None = None, job_id: str = "fault") -> dict:
@@ -257,7 +254,7 @@ def test_truncated_or_non_json_txt2img_answer(worker_env, models_dir, kind):
 def test_faulty_list_answer_is_retried_or_reported(worker_env, models_dir, kind):
     """A broken GET (sd-models, read while resolving names) is safe to send again."""
     assert_ok(run())
-    LiveLists.forget_all()  # make the next job read the list again
+    state_for(worker_env.url).lists.forget()  # make the next job read the list again
     worker_env.fault("GET", "/sdapi/v1/loras", kind, times=1)
     sent_before = len(worker_env.sent("POST", TXT2IMG))
     out = run({**JOB, "loras": [{"name": "detail_tweaker", "weight": 0.5}]})

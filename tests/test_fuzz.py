@@ -37,9 +37,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import handler as handler_mod
-from a1111 import readiness
-from a1111.names import LiveLists
 from a1111.payload import JOB_OWNED, WORKER_OWNED
+from a1111.state import reset_worker_state, state_for
 from tests.contract import txt2img_problems
 from tests.replay import ReplayServer, _Handler, recordings
 
@@ -117,9 +116,7 @@ class Env:
 
 
 def _reset_worker_state() -> None:
-    handler_mod._clients.clear()
-    LiveLists.forget_all()
-    readiness.reset()
+    reset_worker_state()
 
 
 def _tree(root: Path, models: Path) -> frozenset[str]:
@@ -678,13 +675,13 @@ LIST_ROUTES = ["/sdapi/v1/sd-models", "/sdapi/v1/loras", "/sdapi/v1/embeddings",
            {"action": "health"}, {"action": "list_models"}]))
 def test_fuzz_list_answers(env: Env, route: str, status: int, body: Any, inp: dict) -> None:
     """Whatever A1111 answers the list routes the worker reads (names, options, memory, schema)."""
-    LiveLists.forget_all()  # read every list afresh, from the faulty answer
+    state_for(env.server.url).lists.forget()  # read every list afresh, from the faulty answer
     env.server.fault("GET", route, "status", status=status, body=body)
     try:
         run_and_check(env, {"id": "lists", "input": inp}, "test_fuzz_list_answers")
     finally:
         env.server.clear_faults()
-        LiveLists.forget_all()
+        state_for(env.server.url).lists.forget()
 
 
 def test_fuzz_example_count() -> None:

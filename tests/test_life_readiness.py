@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from a1111 import readiness
+from a1111.state import reset_worker_state, state_for
 from a1111.supervisor import Supervisor
 from schemas.errors import A1111Unavailable, OutOfMemory, error_result
 from schemas.settings import Settings
@@ -24,9 +25,9 @@ from tests.replay import ReplayServer
 
 @pytest.fixture(autouse=True)
 def _fresh_readiness():
-    readiness.reset()
+    reset_worker_state()
     yield
-    readiness.reset()
+    reset_worker_state()
 
 
 def _settings(monkeypatch: pytest.MonkeyPatch, url: str, timeout: float = 5.0) -> Settings:
@@ -61,7 +62,7 @@ def test_ready_runs_every_phase_once_then_is_cheap(monkeypatch, replay, tmp_path
     settings = _settings(monkeypatch, replay.url)
     sup = _supervisor(tmp_path, live_child.pid)
 
-    readiness.ensure_ready(None, settings, sup)
+    readiness.ensure_ready(settings, sup)
 
     paths = [(r.method, r.path) for r in replay.requests]
     assert ("GET", "/sdapi/v1/sd-models") in paths
@@ -75,7 +76,7 @@ def test_ready_runs_every_phase_once_then_is_cheap(monkeypatch, replay, tmp_path
     assert 0 <= cold["api_up_s"] <= cold["model_loaded_s"] <= cold["warm_s"]
 
     replay.reset_requests()
-    readiness.ensure_ready(None, settings, sup)
+    readiness.ensure_ready(settings, sup)
     assert replay.requests == []  # later calls do no HTTP at all
 
 
@@ -100,7 +101,7 @@ def test_never_ready_fails_clearly_at_the_deadline(monkeypatch, tmp_path, live_c
     sup = _supervisor(tmp_path, live_child.pid, ["Loading weights...", "still loading"])
     t0 = time.monotonic()
     with pytest.raises(A1111Unavailable) as info:
-        readiness.ensure_ready(None, settings, sup)
+        readiness.ensure_ready(settings, sup)
     elapsed = time.monotonic() - t0
     assert elapsed < 0.6 + 0.5  # measured from the pid file's time, not from this call
     result = error_result(info.value)
@@ -115,11 +116,11 @@ def test_after_the_deadline_a_job_gets_a_short_look_and_succeeds_if_ready(monkey
     settings = _settings(monkeypatch, f"http://127.0.0.1:{port}", timeout=0.3)
     sup = _supervisor(tmp_path, live_child.pid)
     with pytest.raises(A1111Unavailable):
-        readiness.ensure_ready(None, settings, sup)
+        readiness.ensure_ready(settings, sup)
     # A1111 finishes starting after the deadline: the next job finds it without waiting long.
     with ReplayServer("a1111", port=port) as srv:
         t0 = time.monotonic()
-        readiness.ensure_ready(None, settings, sup)
+        readiness.ensure_ready(settings, sup)
         assert time.monotonic() - t0 < readiness.LATE_GRACE_S
         assert len(srv.sent("POST", "/sdapi/v1/txt2img")) == 1
 
@@ -132,7 +133,7 @@ def test_process_dead_at_start_fails_at_once_with_log_tail_and_refresh(monkeypat
     settings = _settings(monkeypatch, f"http://127.0.0.1:{_free_port()}", timeout=30)
     t0 = time.monotonic()
     with pytest.raises(A1111Unavailable) as info:
-        readiness.ensure_ready(None, settings, sup)
+        readiness.ensure_ready(settings, sup)
     assert time.monotonic() - t0 < 1.0  # not after the 30 s deadline
     result = error_result(info.value)
     assert result["error_type"] == "a1111_unavailable"
@@ -146,11 +147,11 @@ def test_process_dying_after_ready_fails_next_job_at_once(monkeypatch, replay, t
     try:
         sup = _supervisor(tmp_path, proc.pid, ["Model loaded in 4.1s", "Segmentation fault (core dumped)"])
         settings = _settings(monkeypatch, replay.url)
-        readiness.ensure_ready(None, settings, sup)
+        readiness.ensure_ready(settings, sup)
         proc.kill()
         proc.wait()
         with pytest.raises(A1111Unavailable) as info:
-            readiness.ensure_ready(None, settings, sup)
+            readiness.ensure_ready(settings, sup)
         result = error_result(info.value)
         assert result["refresh_worker"] is True
         assert result["log_tail"][-1] == "Segmentation fault (core dumped)"
@@ -165,7 +166,7 @@ def test_process_dying_while_waiting_is_noticed_before_the_deadline(monkeypatch,
     settings = _settings(monkeypatch, f"http://127.0.0.1:{_free_port()}", timeout=30)
     t0 = time.monotonic()
     with pytest.raises(A1111Unavailable) as info:
-        readiness.ensure_ready(None, settings, sup)
+        readiness.ensure_ready(settings, sup)
     proc.wait()
     assert time.monotonic() - t0 < 3.0
     assert info.value.refresh_worker is True
@@ -199,7 +200,7 @@ def test_warmup_oom_is_reported_as_out_of_memory(monkeypatch, replay, tmp_path, 
     replay.fault("POST", "/sdapi/v1/txt2img", "status", status=500, body=body)
     settings = _settings(monkeypatch, replay.url)
     with pytest.raises(OutOfMemory) as info:
-        readiness.ensure_ready(None, settings, _supervisor(tmp_path, live_child.pid))
+        readiness.ensure_ready(settings, _supervisor(tmp_path, live_child.pid))
     assert error_result(info.value)["refresh_worker"] is True
 
 
@@ -210,9 +211,9 @@ def test_warmup_failure_is_a1111_unavailable_and_retried_by_the_next_job(monkeyp
     settings = _settings(monkeypatch, replay.url)
     sup = _supervisor(tmp_path, live_child.pid)
     with pytest.raises(A1111Unavailable) as info:
-        readiness.ensure_ready(None, settings, sup)
+        readiness.ensure_ready(settings, sup)
     assert "warm-up generation failed with HTTP 500" in info.value.message
-    readiness.ensure_ready(None, settings, sup)  # fault used up: the next job warms up fine
+    readiness.ensure_ready(settings, sup)  # fault used up: the next job warms up fine
     assert len(replay.sent("POST", "/sdapi/v1/txt2img")) == 2
 
 
@@ -232,18 +233,18 @@ def test_api_noticed_quickly_after_it_starts_answering(monkeypatch, tmp_path, li
     t = threading.Thread(target=late_start)
     t.start()
     try:
-        readiness.ensure_ready(None, settings, sup)
+        readiness.ensure_ready(settings, sup)
     finally:
         t.join()
         started["srv"].stop()
-    noticed = readiness._state(settings.a1111_url).cold.noticed_at["api_up"]
+    noticed = state_for(settings).readiness.cold.noticed_at["api_up"]
     assert noticed - started["t"] < 0.5
 
 
 def test_ready_on_forge(monkeypatch, forge_replay, tmp_path, live_child):
     # Forge loads the checkpoint lazily inside the first generation: the warm-up pays for it.
     settings = _settings(monkeypatch, forge_replay.url)
-    readiness.ensure_ready(None, settings, _supervisor(tmp_path, live_child.pid))
+    readiness.ensure_ready(settings, _supervisor(tmp_path, live_child.pid))
     assert len(forge_replay.sent("POST", "/sdapi/v1/txt2img")) == 1
     assert readiness.cold_start(settings)["ready"] is True
 
@@ -256,9 +257,9 @@ def test_job_deadline_before_ready_is_a_timeout_and_start_up_goes_on(monkeypatch
     sup = _supervisor(tmp_path, live_child.pid)
     t0 = time.monotonic()
     with pytest.raises(JobTimeout) as info:
-        readiness.ensure_ready(None, settings, sup, deadline=time.monotonic() + 0.5)
+        readiness.ensure_ready(settings, sup, deadline=time.monotonic() + 0.5)
     assert time.monotonic() - t0 < 1.5
     assert "still starting" in info.value.message and error_result(info.value)["error_type"] == "timeout"
     with ReplayServer("a1111", port=port):
-        readiness.ensure_ready(None, settings, sup, deadline=time.monotonic() + 10)  # the next job: ready
+        readiness.ensure_ready(settings, sup, deadline=time.monotonic() + 10)  # the next job: ready
     assert readiness.cold_start(settings)["ready"] is True

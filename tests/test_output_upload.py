@@ -270,7 +270,6 @@ def test_region_and_default_bucket_name():
 @pytest.fixture
 def worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, models_dir: Path,
            clean_env: Path) -> Iterator[ReplayServer]:
-    import handler as worker_module
     from a1111.readiness import ensure_ready
 
     with ReplayServer("a1111") as srv:
@@ -281,7 +280,7 @@ def worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, models_dir: Path,
         monkeypatch.setenv("A1111_STATE_DIR", str(tmp_path / "state"))
         monkeypatch.delenv("WEBUI_BACKEND", raising=False)
         settings = Settings.from_env()
-        ensure_ready(worker_module.get_client(settings), settings)  # its warm-up txt2img, out of the way
+        ensure_ready(settings)  # its warm-up txt2img, out of the way
         srv.reset_requests()
         yield srv
 

@@ -1,0 +1,26 @@
+"""What resolving a job's names gives the payload compiler and the result packager. PURE."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ResolvedLora:
+    name: str       # what goes into <lora:NAME:W>: the file stem A1111 lists
+    weight: float
+    family: str | None
+
+
+@dataclass
+class Resolved:
+    checkpoint: str                  # the exact title A1111 lists (for sd_model_checkpoint)
+    checkpoint_name: str             # its stem (what info.sd_model_name reports)
+    family: str | None
+    sampler: str
+    scheduler: str
+    loras: list[ResolvedLora] = field(default_factory=list)
+    embeddings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    placed: list[dict[str, Any]] = field(default_factory=list)  # models the cache placed for this job
