@@ -17,7 +17,7 @@ import piexif.helper
 import pytest
 from PIL import Image
 
-from a1111.names import Resolved
+from a1111.resolved import Resolved
 from a1111.results import asked_size, combine, image_facts, package
 from output.bucket import find_bucket
 from output.delivery import deliver, preflight, serialized_size
