@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-from pathlib import Path
 
 import piexif
 import piexif.helper
@@ -31,16 +30,7 @@ from schemas.errors import ResultTooLarge, UploadFailed, ValidationFailed, error
 from schemas.job import parse_job
 from schemas.output import OutputOptions, parse_s3_config
 from schemas.settings import Settings
-
-RECORDINGS = Path(__file__).resolve().parent / "recordings" / "a1111"
-
-
-def recorded_result(name: str) -> dict:
-    rec = json.loads((RECORDINGS / f"{name}.json").read_text())
-    body = rec["response"]["json"]
-    info = json.loads(body["info"])
-    return {"images": list(body["images"]), "seeds": list(info["all_seeds"]), "info": info,
-            "parameters": dict(rec["request"]["json"]), "warnings": []}
+from tests.support.jobs import recorded_result
 
 
 @pytest.fixture
