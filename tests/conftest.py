@@ -1,4 +1,7 @@
-"""Shared fixtures: the replay A1111 server, an isolated worker environment, an HTTPS file server."""
+"""Shared fixtures: the replay A1111 server, an isolated worker environment, an HTTPS file server.
+
+The helpers behind them are in tests/support/.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fileserver import FileServer
 from tests.replay import ReplayServer
+from tests.support.servers import FileServer
+from tests.support.worker import make_models_dir, point_worker_at, reset_worker_state
 
 
 @pytest.fixture
@@ -31,34 +35,29 @@ def forge_replay() -> Iterator[ReplayServer]:
 
 @pytest.fixture
 def models_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "models"
-    for sub in ("checkpoints", "loras", "embeddings", "controlnet", "adetailer", "upscalers"):
-        (root / sub).mkdir(parents=True)
-    return root
-
-
-def _point_worker_at(monkeypatch: pytest.MonkeyPatch, srv: ReplayServer, models_dir: Path) -> None:
-    monkeypatch.setenv("A1111_URL", srv.url)
-    monkeypatch.setenv("MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("DOWNLOAD_ALLOW_PRIVATE", "1")
-    monkeypatch.setenv("A1111_READY_TIMEOUT", "5")
-    monkeypatch.delenv("BUCKET_ENDPOINT_URL", raising=False)
+    return make_models_dir(tmp_path / "models")
 
 
 @pytest.fixture
 def worker_env(monkeypatch: pytest.MonkeyPatch, replay: ReplayServer, models_dir: Path) -> ReplayServer:
     """Point the handler at the replay server and a private MODELS_DIR; returns the server."""
-    _point_worker_at(monkeypatch, replay, models_dir)
-    monkeypatch.delenv("WEBUI_BACKEND", raising=False)
+    point_worker_at(monkeypatch, replay.url, models_dir)
     return replay
 
 
 @pytest.fixture
 def forge_env(monkeypatch: pytest.MonkeyPatch, forge_replay: ReplayServer, models_dir: Path) -> ReplayServer:
     """``worker_env`` for Forge (WEBUI_BACKEND=forge, the Forge recordings); returns the server."""
-    _point_worker_at(monkeypatch, forge_replay, models_dir)
-    monkeypatch.setenv("WEBUI_BACKEND", "forge")
+    point_worker_at(monkeypatch, forge_replay.url, models_dir, backend="forge")
     return forge_replay
+
+
+@pytest.fixture
+def fresh_worker_state() -> Iterator[None]:
+    """For modules that start many servers: no test inherits an earlier one's worker state."""
+    reset_worker_state()
+    yield
+    reset_worker_state()
 
 
 @pytest.fixture
@@ -67,3 +66,9 @@ def https_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fil
     with FileServer(tmp_path) as srv:
         monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(srv.ca_pem))
         yield srv
+
+
+@pytest.fixture
+def files_server(https_files: FileServer) -> tuple[str, FileServer]:
+    """``https_files`` as (base URL, server), the pair the fault and security tests unpack."""
+    return https_files.url, https_files

@@ -14,7 +14,8 @@ from cache.catalog import Catalog
 from cache.convert import ConversionError, convert_trainer_ti
 from cache.inspect import NotSafetensors, model_family, safetensors_header
 from schemas.settings import Settings
-from tests.test_cache_server import ModelServer, safetensors_bytes
+from tests.support.model_files import safetensors_bytes
+from tests.support.servers import ModelServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

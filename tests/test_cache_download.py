@@ -15,7 +15,8 @@ from cache.catalog import Catalog
 from cache.refs import parse_ref, url_file_name
 from schemas.errors import DownloadFailed, ModelNotFound, ValidationFailed
 from schemas.settings import Settings
-from tests.test_cache_server import ModelServer, safetensors_bytes
+from tests.support.model_files import safetensors_bytes
+from tests.support.servers import ModelServer
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,8 @@ from cache.catalog import Catalog
 from cache.evict import choose_victims
 from cache.registry import Registry
 from schemas.settings import Settings
-from tests.test_cache_server import ModelServer, safetensors_bytes
+from tests.support.model_files import safetensors_bytes
+from tests.support.servers import ModelServer
 
 
 def settings_for(models_dir: Path, **over) -> Settings:

@@ -7,7 +7,6 @@ simulated CUDA out-of-memory 500 built from a recorded 500 body (no recording ha
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 
@@ -17,7 +16,8 @@ from a1111.client import A1111Client, map_error
 from handler import handler
 from schemas.errors import A1111Error, A1111Unavailable, JobTimeout, OutOfMemory, error_result
 from tests.replay import ReplayServer, recordings
-from tests.test_core_handler import start_worker, stop_and_check
+from tests.support.ports import free_port
+from tests.support.worker import start_worker, stop_and_check
 
 TXT2IMG = "/sdapi/v1/txt2img"
 PAYLOAD = {"prompt": "a photo of a cat", "width": 64, "height": 64, "steps": 1}
@@ -113,9 +113,7 @@ def test_stalled_get_times_out(srv):
 
 
 def test_connection_refused_is_unavailable_after_retries():
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     client = A1111Client(f"http://127.0.0.1:{port}")
     t0 = time.monotonic()
     with pytest.raises(A1111Unavailable, match="not answering"):

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 from tests.replay import ReplayServer
+from tests.support.worker import child_env
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "A1111_", "MODELS_"))}
-    env.update(extra)
-    return env
 
 
 def test_import_has_no_side_effects(tmp_path):
@@ -24,7 +18,7 @@ def test_import_has_no_side_effects(tmp_path):
             "print(json.dumps({'runpod': 'runpod' in sys.modules, 'threads': threading.active_count(), "
             "'handler': callable(handler.handler)}))")
     out = subprocess.run([sys.executable, "-c", "import json; " + code], cwd=ROOT, capture_output=True, text=True,
-                         env=_env(A1111_URL="http://127.0.0.1:9"), timeout=60)
+                         env=child_env(A1111_URL="http://127.0.0.1:9"), timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"runpod": False, "threads": 1, "handler": True}
     assert out.stderr == ""
@@ -36,7 +30,7 @@ def test_main_runs_a_job_at_info_level(tmp_path):
         out = subprocess.run(
             [sys.executable, "handler.py", "--test_input", json.dumps(job)], cwd=ROOT, capture_output=True,
             text=True, timeout=120,
-            env=_env(A1111_URL=srv.url, MODELS_DIR=str(tmp_path / "models"), A1111_STATE_DIR=str(tmp_path / "s"),
+            env=child_env(A1111_URL=srv.url, MODELS_DIR=str(tmp_path / "models"), A1111_STATE_DIR=str(tmp_path / "s"),
                      MODELS_CATALOG=str(tmp_path / "none.json"), A1111_READY_TIMEOUT="10"))
         logs = out.stdout + out.stderr
         assert out.returncode == 0, logs[-2000:]

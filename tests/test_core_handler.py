@@ -8,78 +8,30 @@ schema when the test ends (tests/contract.py).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import handler as worker_module
-from a1111.readiness import ensure_ready
-from a1111.state import reset_worker_state
-from handler import handler
-from schemas.settings import Settings
-from tests.contract import assert_txt2img_conforms
 from tests.replay import ReplayServer
-
-TXT2IMG = "/sdapi/v1/txt2img"
-
-
-def start_worker(backend: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, models_dir: Path,
-                 catalog: Path | None = None) -> ReplayServer:
-    # A new server can get the port of an earlier one: start from a clean worker state.
-    reset_worker_state()
-    srv = ReplayServer(backend).start()
-    monkeypatch.setenv("A1111_URL", srv.url)
-    monkeypatch.setenv("MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("MODELS_CATALOG", str(catalog or tmp_path / "no-catalog.json"))
-    monkeypatch.setenv("WEBUI_BACKEND", "forge" if backend == "forge" else "a1111")
-    monkeypatch.setenv("A1111_READY_TIMEOUT", "5")
-    monkeypatch.setenv("A1111_STATE_DIR", str(tmp_path / "state"))  # no supervised process
-    monkeypatch.setenv("DOWNLOAD_ALLOW_PRIVATE", "1")
-    monkeypatch.delenv("BUCKET_ENDPOINT_URL", raising=False)
-    settings = Settings.from_env()
-    # Readiness sends its own warm-up txt2img once per server; get it out of the way so a
-    # test can assert that a bad job sent no txt2img at all.
-    ensure_ready(settings)
-    srv.reset_requests()
-    return srv
-
-
-def stop_and_check(srv: ReplayServer) -> None:
-    """Stop the server; every txt2img body it received must conform to the recorded schema."""
-    srv.stop()
-    for body in srv.sent("POST", TXT2IMG):
-        assert_txt2img_conforms(body, "forge" if srv.backend == "forge" else "a1111")
+from tests.support.jobs import TXT2IMG, JobRunner
+from tests.support.jobs import job_like as like  # the name the tests below use
+from tests.support.model_files import SDXL_CHECKPOINT_TENSORS, write_safetensors_header
+from tests.support.worker import running_worker, start_worker, stop_and_check, write_catalog
 
 
 @pytest.fixture(params=["a1111", "forge"])
 def worker(request, monkeypatch, tmp_path, models_dir) -> Iterator[ReplayServer]:
-    srv = start_worker(request.param, monkeypatch, tmp_path, models_dir)
-    try:
+    with running_worker(request.param, monkeypatch, tmp_path, models_dir) as srv:
         yield srv
-    finally:
-        stop_and_check(srv)
 
 
-def run(inp: dict) -> dict:
-    return handler({"id": "t", "input": inp})
+run = JobRunner()
 
 
 def recorded_response(srv: ReplayServer, name: str) -> dict:
     return srv.recording(name)["response"]["json"]
-
-
-def like(srv: ReplayServer, name: str, **fields) -> dict:
-    """A job asking for what the recorded request ``name`` asked (the recorded generations
-    ran A1111's API default sampler, Euler), plus ``fields``; the replay answers with it."""
-    srv.respond("POST", TXT2IMG, name)
-    req = srv.recording(name)["request"]["json"]
-    job = {k: req[k] for k in ("prompt", "width", "height", "steps", "seed", "batch_size") if k in req}
-    job["prompt"] = re.sub(r"\s*<lora:[^>]+>", "", job["prompt"])
-    job["sampler_name"] = req.get("sampler_name", "Euler")
-    job.update(fields)
-    return job
 
 
 def only_txt2img(srv: ReplayServer) -> dict:
@@ -253,42 +205,16 @@ def test_unknown_action_field_for_health(worker):
 
 
 # --------------------------------------------------------------------------- SDXL specifics
-def write_safetensors_header(path: Path, tensors: dict[str, tuple[str, list[int]]]) -> None:
-    """A valid safetensors file whose tensors are all empty-shaped except in the header: the
-    header says the shapes, the data section is zero-filled to the sizes it declares."""
-    sizes = {"F16": 2, "F32": 4}
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, (dtype, shape) in tensors.items():
-        n = sizes[dtype]
-        for d in shape:
-            n *= d
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    with path.open("wb") as fh:
-        fh.write(len(raw).to_bytes(8, "little") + raw)
-        fh.truncate(8 + len(raw) + offset)  # sparse: the data is zeros
-
-
 @pytest.fixture
 def sdxl_worker(monkeypatch, tmp_path, models_dir) -> Iterator[ReplayServer]:
-    srv = start_worker("a1111-sdxl", monkeypatch, tmp_path, models_dir)
-    try:
+    with running_worker("a1111-sdxl", monkeypatch, tmp_path, models_dir) as srv:
         yield srv
-    finally:
-        stop_and_check(srv)
 
 
 def _sdxl_checkpoint_file(models_dir: Path) -> None:
     """A header-only SDXL-shaped safetensors where A1111 lists sd_xl_base_1.0, so the
     worker can read the checkpoint's family (cache.inspect reads headers only)."""
-    write_safetensors_header(models_dir / "checkpoints" / "sd_xl_base_1.0.safetensors", {
-        "conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight": ("F16", [3840, 1280]),
-        "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight": ("F16", [49408, 768]),
-        "model.diffusion_model.input_blocks.0.0.weight": ("F16", [320, 4, 3, 3]),
-    })
+    write_safetensors_header(models_dir / "checkpoints" / "sd_xl_base_1.0.safetensors", SDXL_CHECKPOINT_TENSORS)
 
 
 def test_sd15_lora_on_sdxl_is_refused(sdxl_worker, models_dir):
@@ -322,11 +248,6 @@ def test_sd15_embedding_on_sdxl_is_refused(sdxl_worker, models_dir):
 
 
 # --------------------------------------------------------------------------- the catalog
-def write_catalog(path: Path, models: list[dict]) -> Path:
-    path.write_text(json.dumps({"version": 1, "models": models, "presets": {}}))
-    return path
-
-
 CATALOG = [
     {"id": "cat_model_b", "kind": "checkpoint", "file": "model_b.safetensors", "family": "sd15", "source": None,
      "default": True, "description": "recorded SD1.5 test model"},
@@ -343,11 +264,8 @@ CATALOG = [
 def catalog_worker(request, monkeypatch, tmp_path, models_dir) -> Iterator[ReplayServer]:
     pytest.importorskip("cache.catalog")
     catalog = write_catalog(tmp_path / "models.json", CATALOG)
-    srv = start_worker(request.param, monkeypatch, tmp_path, models_dir, catalog=catalog)
-    try:
+    with running_worker(request.param, monkeypatch, tmp_path, models_dir, catalog=catalog) as srv:
         yield srv
-    finally:
-        stop_and_check(srv)
 
 
 def test_catalog_ids_and_recommended_weight(catalog_worker):

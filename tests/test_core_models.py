@@ -9,21 +9,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from safetensors.numpy import save
 
 from handler import handler
-from tests.fileserver import lora_bytes
-from tests.test_core_handler import TXT2IMG, start_worker, stop_and_check, write_catalog
+from tests.support.jobs import TXT2IMG
+from tests.support.model_files import lora_bytes, safetensors_bytes
+from tests.support.worker import running_worker, start_worker, stop_and_check, write_catalog
 
 pytest.importorskip("cache")
 
 
 @pytest.fixture(params=["a1111", "forge"])
 def worker(request, monkeypatch, tmp_path, models_dir):
-    srv = start_worker(request.param, monkeypatch, tmp_path, models_dir)
-    srv.models_dir = models_dir  # list routes also list the files placed there
-    yield srv
-    stop_and_check(srv)
+    with running_worker(request.param, monkeypatch, tmp_path, models_dir) as srv:
+        srv.models_dir = models_dir  # list routes also list the files placed there
+        yield srv
 
 
 def test_lora_from_url_is_placed_refreshed_and_tagged(worker, https_files, models_dir):
@@ -73,7 +72,7 @@ def test_missing_download_is_a_clear_error_without_txt2img(worker, https_files):
 
 def test_checkpoint_from_url(worker, https_files, models_dir):
     base, served = https_files.url, https_files
-    served.files["/dl/ckpt.safetensors"] = save({"model.diffusion_model.x": np.zeros((2, 2), np.float16)})
+    served.files["/dl/ckpt.safetensors"] = safetensors_bytes({"model.diffusion_model.x": np.zeros((2, 2), np.float16)})
     out = handler({"id": "t", "input": {"prompt": "a cat", "checkpoint": {"url": f"{base}/dl/ckpt.safetensors",
                                                                           "name": "my_ckpt"}}})
     assert "error" not in out, out
@@ -115,7 +114,7 @@ def test_prefetch_action_places_models(worker, https_files, models_dir):
 
 def test_embedding_from_url(worker, https_files, models_dir):
     base, served = https_files.url, https_files
-    served.files["/dl/emb.safetensors"] = save({"emb_params": np.zeros((2, 768), np.float32)})
+    served.files["/dl/emb.safetensors"] = safetensors_bytes({"emb_params": np.zeros((2, 768), np.float32)})
     out = handler({"id": "t", "input": {"prompt": "a cat, my_emb", "embeddings": [
         {"url": f"{base}/dl/emb.safetensors", "name": "my_emb"}]}})
     assert "error" not in out, out

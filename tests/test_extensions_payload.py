@@ -1,25 +1,19 @@
 """Hires fix, ADetailer and ControlNet through the handler, over real HTTP against the
-replay server: the payloads validate against the recorded OpenAPI schema, avoid the traps
-of a1111-api.md, and unknown names are rejected before any txt2img is sent."""
+replay server: the payloads validate against the recorded OpenAPI schema, avoid the API's
+traps (Forge-only hires fields sent to A1111, Forge's hr_cfg default, a null
+hr_additional_modules, ControlNet's detect map returned as an image), and unknown names
+are rejected before any txt2img is sent."""
 
 from __future__ import annotations
 
-from handler import handler
 from presets import drawing
 from tests.contract import assert_txt2img_conforms
-from tests.replay import ReplayServer
+from tests.support.jobs import JobRunner, txt2img_bodies
 
 PNG = drawing.png_base64(drawing.tile_joints(90, 64, 64))
 BASE = {"prompt": "a rubber tile", "steps": 1, "width": 64, "height": 64, "seed": 42, "sampler_name": "Euler"}
 
-
-def run(inp: dict) -> dict:
-    return handler({"id": "t", "input": {**BASE, **inp}})
-
-
-def txt2img_bodies(srv: ReplayServer) -> list[dict]:
-    """The job's txt2img bodies (readiness sends its own tiny warm-up first: not counted)."""
-    return [b for b in srv.sent("POST", "/sdapi/v1/txt2img") if b.get("prompt") != "warm-up"]
+run = JobRunner(base=BASE)
 
 
 # --------------------------------------------------------------------------- hires fix

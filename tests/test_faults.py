@@ -20,42 +20,31 @@ import json
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-import trustme
-from safetensors.numpy import save
 
-from a1111.state import reset_worker_state, state_for
+from a1111.state import state_for
 from cache.refs import parse_ref
-from handler import handler
 from tests.replay import ReplayServer
+from tests.support.jobs import JobRunner
+from tests.support.model_files import lora_bytes
+from tests.support.ports import free_port
+from tests.support.worker import point_worker_at
 
 REPO = Path(__file__).resolve().parent.parent
 TXT2IMG = "/sdapi/v1/txt2img"
 JOB = {"prompt": "a photo of a cat", "steps": 1, "width": 64, "height": 64, "seed": 42}
 
+# Many servers start and stop here, and ports are reused: no test inherits another's worker state.
+pytestmark = pytest.mark.usefixtures("fresh_worker_state")
 
-@pytest.fixture(autouse=True)
-def _fresh_worker_state() -> Iterator[None]:
-    """Readiness and list caches are per A1111 URL, and ports are reused across tests: start clean."""
-    reset_worker_state()
-    yield
-    reset_worker_state()
-
-
-def run(inp: dict | None = None, job_id: str = "fault") -> dict:
-    return handler({"id": job_id, "input": dict(inp or JOB)})
+run = JobRunner(job_id="fault", default=JOB)
 
 
 def assert_ok(result: dict) -> None:
@@ -78,20 +67,10 @@ def assert_volume_clean(models: Path) -> None:
                 assert (models / rel).stat().st_size == entry["bytes"], rel
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # --------------------------------------------------------------------------- A1111 faults
 def test_a1111_not_up_at_start_then_comes_up(monkeypatch, models_dir):
     port = free_port()
-    monkeypatch.setenv("A1111_URL", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("A1111_READY_TIMEOUT", "1")
-    for var in ("A1111_PID_FILE", "A1111_LOG_FILE", "WEBUI_BACKEND"):
-        monkeypatch.delenv(var, raising=False)
+    point_worker_at(monkeypatch, f"http://127.0.0.1:{port}", models_dir, ready_timeout=1)
     t0 = time.monotonic()
     out = run()
     assert out["error_type"] == "a1111_unavailable", out
@@ -150,9 +129,7 @@ def test_a1111_process_dies_mid_generation(monkeypatch, models_dir, tmp_path):
     proc = _start_replay_process(tmp_path, port, delay=3)
     try:
         (tmp_path / "a1111.pid").write_text(str(proc.pid))
-        monkeypatch.setenv("A1111_URL", f"http://127.0.0.1:{port}")
-        monkeypatch.setenv("MODELS_DIR", str(models_dir))
-        monkeypatch.setenv("A1111_READY_TIMEOUT", "20")
+        point_worker_at(monkeypatch, f"http://127.0.0.1:{port}", models_dir, ready_timeout=20)
         monkeypatch.setenv("A1111_PID_FILE", str(tmp_path / "a1111.pid"))
         monkeypatch.setenv("A1111_LOG_FILE", str(tmp_path / "a1111.log"))
         # Every generation takes 3 s here, the readiness warm-up too: kill during the second one.
@@ -270,12 +247,7 @@ def test_faulty_list_answer_is_retried_or_reported(worker_env, models_dir, kind)
 def test_forge_stuck_after_failed_model_load_asks_for_refresh(forge_replay, monkeypatch, models_dir):
     """Recorded on Forge (stuck_1, stuck_2): a failed module load leaves sd_model None and every
     later generation answers 500 AttributeError 'NoneType' ... 'sd_checkpoint_info'."""
-    monkeypatch.setenv("A1111_URL", forge_replay.url)
-    monkeypatch.setenv("MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("WEBUI_BACKEND", "forge")
-    monkeypatch.setenv("A1111_READY_TIMEOUT", "5")
-    for var in ("A1111_PID_FILE", "A1111_LOG_FILE"):
-        monkeypatch.delenv(var, raising=False)
+    point_worker_at(monkeypatch, forge_replay.url, models_dir, backend="forge")
     assert_ok(run())
     forge_replay.respond_sequence("POST", TXT2IMG, ["stuck_1_txt2img_override_module_corrupt_500",
                                                    "stuck_2_txt2img_plain_500"])
@@ -290,60 +262,6 @@ def test_forge_stuck_after_failed_model_load_asks_for_refresh(forge_replay, monk
 
 
 # --------------------------------------------------------------------------- downloads
-def _lora_bytes(dim: int = 4, rows: int = 320) -> bytes:
-    tensors = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": np.zeros((dim, rows), np.float16),
-               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": np.zeros((rows, dim), np.float16)}
-    return save(tensors, metadata={"ss_base_model_version": "sd_v1", "ss_network_dim": str(dim)})
-
-
-class _Files(BaseHTTPRequestHandler):
-    """Serves ``files[path] = (status, content_type, body, cut_at)``; counts GETs per path."""
-
-    files: dict[str, tuple[int, str, bytes, int | None]] = {}
-    hits: dict[str, int] = {}
-    lock = threading.Lock()
-
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        path = self.path.split("?")[0]
-        with self.lock:
-            self.hits[path] = self.hits.get(path, 0) + 1
-        if path not in self.files:
-            self.send_error(404)
-            return
-        status, ctype, body, cut = self.files[path]
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        try:
-            self.wfile.write(body if cut is None else body[:cut])
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        if cut is not None:
-            self.close_connection = True
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def files_server(tmp_path, monkeypatch) -> Iterator[tuple[str, type[_Files]]]:
-    """A local HTTPS file server (model URLs must be https), trusted through REQUESTS_CA_BUNDLE."""
-    ca = trustme.CA()
-    ca_pem = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_pem))
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(ca_pem))
-    handler_cls = type("Files", (_Files,), {"files": {}, "hits": {}, "lock": threading.Lock()})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler_cls)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(ctx)
-    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"https://127.0.0.1:{httpd.server_address[1]}", handler_cls
-    httpd.shutdown()
-    httpd.server_close()
-
-
 @pytest.fixture
 def dl_env(worker_env, models_dir, monkeypatch):
     """worker_env + fast download retries; the replay server lists files placed in MODELS_DIR."""
@@ -362,7 +280,7 @@ CORRUPT = {
     # Civitai's answer to a failed auth, served as if it were the file.
     "json_page": (200, "application/json", b'{"error":"Unauthorized","message":"The creator requires login"}', None),
     "garbage": (200, "application/octet-stream", os.urandom(4096), None),
-    "truncated": (200, "application/octet-stream", _lora_bytes(), 300),
+    "truncated": (200, "application/octet-stream", lora_bytes(), 300),
     "server_error": (500, "text/plain", b"upstream broke", None),
 }
 
@@ -376,7 +294,7 @@ def test_corrupt_download_leaves_nothing_and_next_job_succeeds(dl_env, files_ser
     assert not dl_env.sent("POST", TXT2IMG)[1:], "nothing was generated with a model that failed"
     assert not list((models_dir / "loras").glob("bad_lora*")), "a corrupt file is never visible under its name"
     assert_volume_clean(models_dir)
-    files.files["/good.safetensors"] = (200, "application/octet-stream", _lora_bytes(), None)
+    files.files["/good.safetensors"] = (200, "application/octet-stream", lora_bytes(), None)
     ok = run(_lora_job(f"{base}/good.safetensors", "good_lora"))
     assert_ok(ok)
     assert "<lora:good_lora:0.5>" in dl_env.sent("POST", TXT2IMG)[-1]["prompt"]
@@ -385,7 +303,7 @@ def test_corrupt_download_leaves_nothing_and_next_job_succeeds(dl_env, files_ser
 
 def test_sha256_mismatch_is_refused(dl_env, files_server, models_dir):
     base, files = files_server
-    files.files["/x.safetensors"] = (200, "application/octet-stream", _lora_bytes(), None)
+    files.files["/x.safetensors"] = (200, "application/octet-stream", lora_bytes(), None)
     out = run({**JOB, "loras": [{"url": f"{base}/x.safetensors", "name": "pinned", "sha256": "0" * 64}]})
     assert out["error_type"] == "download_failed" and "sha256" in out["error"], out
     assert not list((models_dir / "loras").glob("pinned*"))
@@ -434,8 +352,8 @@ def test_full_disk_during_download_tmpfs(files_server, tmp_path):
     if not _tmpfs_supported():
         pytest.skip("unprivileged user+mount namespaces are not permitted here (see the /dev/full variant)")
     base, files = files_server
-    files.files["/big_lora.safetensors"] = (200, "application/octet-stream", _lora_bytes(dim=8, rows=250_000), None)
-    files.files["/small_lora.safetensors"] = (200, "application/octet-stream", _lora_bytes(), None)
+    files.files["/big_lora.safetensors"] = (200, "application/octet-stream", lora_bytes(dim=8, rows=250_000), None)
+    files.files["/small_lora.safetensors"] = (200, "application/octet-stream", lora_bytes(), None)
     models = tmp_path / "models"
     models.mkdir()
     script = tmp_path / "disk.py"
@@ -464,8 +382,8 @@ def test_full_disk_during_download_dev_full(dl_env, files_server, models_dir):
     if not Path("/dev/full").exists():
         pytest.skip("/dev/full is not available")
     base, files = files_server
-    files.files["/big_lora.safetensors"] = (200, "application/octet-stream", _lora_bytes(), None)
-    files.files["/small_lora.safetensors"] = (200, "application/octet-stream", _lora_bytes(), None)
+    files.files["/big_lora.safetensors"] = (200, "application/octet-stream", lora_bytes(), None)
+    files.files["/small_lora.safetensors"] = (200, "application/octet-stream", lora_bytes(), None)
     ref = {"url": f"{base}/big_lora.safetensors", "name": "big_lora"}
     part = models_dir / "loras" / parse_ref("lora", ref, None).part_name  # where the cache streams it
     part.symlink_to("/dev/full")
@@ -494,9 +412,9 @@ def test_several_processes_update_the_registry_at_once(files_server, models_dir,
     (downloaded once) and one of their own each."""
     base, files = files_server
     n = 6
-    files.files["/shared.safetensors"] = (200, "application/octet-stream", _lora_bytes(dim=8), None)
+    files.files["/shared.safetensors"] = (200, "application/octet-stream", lora_bytes(dim=8), None)
     for i in range(n):
-        files.files[f"/own{i}.safetensors"] = (200, "application/octet-stream", _lora_bytes(dim=i + 1), None)
+        files.files[f"/own{i}.safetensors"] = (200, "application/octet-stream", lora_bytes(dim=i + 1), None)
     script = tmp_path / "reg.py"
     script.write_text(_REGISTRY_SCRIPT)
     env = _disk_env(base, models_dir)

@@ -22,7 +22,6 @@ recorded txt2img answer. The number of examples run is printed in pytest's termi
 from __future__ import annotations
 
 import base64
-import io
 import json
 import math
 import time
@@ -38,9 +37,11 @@ from hypothesis import strategies as st
 
 import handler as handler_mod
 from a1111.payload import JOB_OWNED, WORKER_OWNED
-from a1111.state import reset_worker_state, state_for
+from a1111.state import state_for
 from tests.contract import txt2img_problems
 from tests.replay import ReplayServer, _Handler, recordings
+from tests.support.jobs import png_b64
+from tests.support.worker import make_models_dir, reset_worker_state
 
 TXT2IMG = "/sdapi/v1/txt2img"
 ERROR_TYPES = {"validation", "model_not_found", "download_failed", "a1111_unavailable", "out_of_memory",
@@ -115,10 +116,6 @@ class Env:
     environ: dict[str, str | None]  # applied around every handler call (None: unset)
 
 
-def _reset_worker_state() -> None:
-    reset_worker_state()
-
-
 def _tree(root: Path, models: Path) -> frozenset[str]:
     """Every path under ``root`` that is not inside MODELS_DIR."""
     return frozenset(str(p) for p in root.rglob("*") if models not in p.parents and p != models)
@@ -148,9 +145,7 @@ def call_handler(env: Env, raw_job: Any, **extra_env: str) -> Any:
 
 def _make_env(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Env]:
     root = tmp_path_factory.mktemp(f"fuzz-{backend}")
-    models = root / "models"
-    for sub in ("checkpoints", "loras", "embeddings", "controlnet", "adetailer", "upscalers"):
-        (models / sub).mkdir(parents=True)
+    models = make_models_dir(root / "models")
     with ReplayServer(backend) as srv:
         srv.models_dir = models
         environ: dict[str, str | None] = {
@@ -168,12 +163,12 @@ def _make_env(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterato
                      "A1111_LOG_FILE", "ALLOW_PICKLE_MODELS", "CACHE_MAX_GB", "MAX_RESULT_MB"):
             environ[name] = None
         env = Env(srv, "forge" if backend == "forge" else "a1111", models, root, frozenset(), environ)
-        _reset_worker_state()
+        reset_worker_state()
         first = call_handler(env, {"id": "prime", "input": {"prompt": "a photo of a cat"}})
         assert "images" in first, first  # the replay server and the handler work at all
         env.outside_before = _tree(root, models)
         yield env
-        _reset_worker_state()
+        reset_worker_state()
 
 
 @pytest.fixture(scope="module")
@@ -267,15 +262,7 @@ ESCAPE_FIELDS = [k for k in A1111_FIELDS if k not in JOB_OWNED and k not in WORK
 COLORS = ["black", "white", "red", "green", "blue", "gray", "brown", "yellow", "orange", "purple", "pink"]
 
 
-def _png_b64() -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 30, 35)).save(buf, "PNG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-PNG_B64 = _png_b64()
+PNG_B64 = png_b64((200, 30, 35))
 
 PATH_LIKE = [
     "..", ".", "../model_a", "../../etc/passwd", "/etc/passwd", "loras/../../x", "..\\..\\win.ini", "a/b",

@@ -6,7 +6,6 @@ whose pid start.sh writes, so "alive" and "dead" are real process states.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -16,30 +15,21 @@ from pathlib import Path
 import pytest
 
 from a1111 import readiness
-from a1111.state import reset_worker_state, state_for
+from a1111.state import state_for
 from a1111.supervisor import Supervisor
 from schemas.errors import A1111Unavailable, OutOfMemory, error_result
 from schemas.settings import Settings
 from tests.replay import ReplayServer
+from tests.support.ports import free_port
 
-
-@pytest.fixture(autouse=True)
-def _fresh_readiness():
-    reset_worker_state()
-    yield
-    reset_worker_state()
+# Readiness is kept per A1111 URL, and the servers here reuse ports: every test starts unready.
+pytestmark = pytest.mark.usefixtures("fresh_worker_state")
 
 
 def _settings(monkeypatch: pytest.MonkeyPatch, url: str, timeout: float = 5.0) -> Settings:
     monkeypatch.setenv("A1111_URL", url)
     monkeypatch.setenv("A1111_READY_TIMEOUT", str(timeout))
     return Settings.from_env()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _supervisor(tmp_path: Path, pid: int | None, log_lines: list[str] = ()) -> Supervisor:
@@ -96,7 +86,7 @@ def test_warmup_payload_matches_a1111_openapi_schema():
 
 
 def test_never_ready_fails_clearly_at_the_deadline(monkeypatch, tmp_path, live_child):
-    url = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     settings = _settings(monkeypatch, url, timeout=0.6)
     sup = _supervisor(tmp_path, live_child.pid, ["Loading weights...", "still loading"])
     t0 = time.monotonic()
@@ -112,7 +102,7 @@ def test_never_ready_fails_clearly_at_the_deadline(monkeypatch, tmp_path, live_c
 
 
 def test_after_the_deadline_a_job_gets_a_short_look_and_succeeds_if_ready(monkeypatch, tmp_path, live_child):
-    port = _free_port()
+    port = free_port()
     settings = _settings(monkeypatch, f"http://127.0.0.1:{port}", timeout=0.3)
     sup = _supervisor(tmp_path, live_child.pid)
     with pytest.raises(A1111Unavailable):
@@ -130,7 +120,7 @@ def test_process_dead_at_start_fails_at_once_with_log_tail_and_refresh(monkeypat
     proc.wait()
     lines = [f"line {i}" for i in range(100)] + ["RuntimeError: CUDA driver version is insufficient"]
     sup = _supervisor(tmp_path, proc.pid, lines)
-    settings = _settings(monkeypatch, f"http://127.0.0.1:{_free_port()}", timeout=30)
+    settings = _settings(monkeypatch, f"http://127.0.0.1:{free_port()}", timeout=30)
     t0 = time.monotonic()
     with pytest.raises(A1111Unavailable) as info:
         readiness.ensure_ready(settings, sup)
@@ -163,7 +153,7 @@ def test_process_dying_after_ready_fails_next_job_at_once(monkeypatch, replay, t
 def test_process_dying_while_waiting_is_noticed_before_the_deadline(monkeypatch, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.4)"])
     sup = _supervisor(tmp_path, proc.pid, ["Traceback (most recent call last):", "ImportError: xformers"])
-    settings = _settings(monkeypatch, f"http://127.0.0.1:{_free_port()}", timeout=30)
+    settings = _settings(monkeypatch, f"http://127.0.0.1:{free_port()}", timeout=30)
     t0 = time.monotonic()
     with pytest.raises(A1111Unavailable) as info:
         readiness.ensure_ready(settings, sup)
@@ -194,7 +184,8 @@ def test_unsupervised_means_unknown(tmp_path):
 
 def test_warmup_oom_is_reported_as_out_of_memory(monkeypatch, replay, tmp_path, live_child):
     # Simulated: a CUDA OOM answered by A1111's exception handler. The body takes the shape
-    # of the recorded 500 (error/detail/body/errors); the texts are a1111-api.md section 6's.
+    # of the recorded 500 (error/detail/body/errors); A1111 puts the exception's class name in
+    # "error" and torch's message in "errors".
     shape = replay.recording("post_options_switch_checkpoint_unknown_500")["response"]["json"]
     body = {**shape, "error": "OutOfMemoryError", "errors": "CUDA out of memory. Tried to allocate 20.00 MiB"}
     replay.fault("POST", "/sdapi/v1/txt2img", "status", status=500, body=body)
@@ -219,7 +210,7 @@ def test_warmup_failure_is_a1111_unavailable_and_retried_by_the_next_job(monkeyp
 
 def test_api_noticed_quickly_after_it_starts_answering(monkeypatch, tmp_path, live_child):
     # Functional check of the fast poll (the timing itself is measured in bench/readiness.py).
-    port = _free_port()
+    port = free_port()
     settings = _settings(monkeypatch, f"http://127.0.0.1:{port}")
     sup = _supervisor(tmp_path, live_child.pid)
     started: dict[str, float] = {}
@@ -252,7 +243,7 @@ def test_ready_on_forge(monkeypatch, forge_replay, tmp_path, live_child):
 def test_job_deadline_before_ready_is_a_timeout_and_start_up_goes_on(monkeypatch, tmp_path, live_child):
     from schemas.errors import JobTimeout
 
-    port = _free_port()
+    port = free_port()
     settings = _settings(monkeypatch, f"http://127.0.0.1:{port}", timeout=30)
     sup = _supervisor(tmp_path, live_child.pid)
     t0 = time.monotonic()

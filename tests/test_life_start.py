@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.support.ports import free_port
+from tests.support.worker import child_env
+
 ROOT = Path(__file__).resolve().parent.parent
 START = ROOT / "start.sh"
 PY = sys.executable
@@ -29,18 +31,12 @@ PY = sys.executable
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(tmp_path: Path, *, standin: str = "", ready_timeout: float = 20, volume: bool = True, **extra: str) -> dict:
-    port = _free_port()
+    port = free_port()
     volume_dir = tmp_path / "runpod-volume"
     if volume:
         volume_dir.mkdir(exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "A1111_", "MODELS_"))}
+    env = child_env()
     env.update(
         A1111_CMD=f"{PY} -m tests.replay --argv-file {tmp_path / 'argv.txt'} {standin}".strip(),
         A1111_PORT=str(port),
@@ -121,7 +117,7 @@ def test_serves_a_job_once_the_standin_is_ready_and_passes_loopback_flags(tmp_pa
     assert time.monotonic() - t0 >= 1.5  # the job waited for the stand-in
 
     argv = Path(tmp_path / "argv.txt").read_text().split("\n")
-    # --nowebui without --server-name would listen on every interface (a1111-api.md section 1)
+    # --nowebui without --server-name would listen on every interface (A1111 then binds 0.0.0.0)
     assert argv[argv.index("--server-name") + 1] == "127.0.0.1"
     for flag in ("--api", "--nowebui", "--xformers", "--opt-sdp-attention", "--skip-prepare-environment",
                  "--skip-install", "--no-download-sd-model"):
@@ -214,7 +210,7 @@ def test_standin_death_fails_the_next_job_at_once_with_log_tail(tmp_path):
 
 
 def test_sigterm_stops_handler_and_a1111(tmp_path):
-    port = _free_port()
+    port = free_port()
     env = _env(tmp_path)
     args = ["--rp_serve_api", "--rp_api_host", "127.0.0.1", "--rp_api_port", str(port)]
     proc = subprocess.Popen(["bash", str(START), *args], cwd=ROOT, env=env,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-from pathlib import Path
 
 import piexif
 import piexif.helper
@@ -18,7 +17,7 @@ import pytest
 from PIL import Image
 
 from a1111.resolved import Resolved
-from a1111.results import asked_size, combine, image_facts, package
+from a1111.results import asked_size, combine, package
 from output.bucket import find_bucket
 from output.delivery import deliver, preflight, serialized_size
 from output.images import convert, exif_user_comment, image_info
@@ -26,28 +25,8 @@ from schemas.errors import ResultTooLarge, UploadFailed, ValidationFailed, error
 from schemas.job import parse_job
 from schemas.output import ImageFacts, OutputOptions, Packaged, parse_s3_config
 from schemas.settings import Settings
-
-RECORDINGS = Path(__file__).resolve().parent / "recordings" / "a1111"
-
-
-def recorded_result(name: str) -> dict:
-    rec = json.loads((RECORDINGS / f"{name}.json").read_text())
-    body = rec["response"]["json"]
-    info = json.loads(body["info"])
-    return {"images": list(body["images"]), "seeds": list(info["all_seeds"]), "info": info,
-            "parameters": dict(rec["request"]["json"]), "warnings": []}
-
-
-def packaged(result: dict) -> Packaged:
-    """``result`` with the facts results.package records for one generation."""
-    return Packaged(result, image_facts(result.get("parameters") or {}, result.get("seeds") or [],
-                                        len(result["images"])))
-
-
-def deliver_result(result: dict, options: OutputOptions | None, settings: Settings, job_id: str,
-                   s3_config: dict | None) -> dict:
-    """deliver() as handler.run_txt2img calls it: the plan from preflight, facts from packaging."""
-    return deliver(packaged(result), preflight(options, s3_config), settings, job_id)
+from tests.replay import RECORDINGS
+from tests.support.jobs import deliver_result, packaged, recorded_result
 
 
 @pytest.fixture
@@ -164,7 +143,7 @@ def test_plan_of_a_preset_result_with_labels_and_an_extra_image():
 
 
 def test_facts_of_a_plain_job_with_control_maps_and_an_extra_image():
-    rec = json.loads((RECORDINGS / "ext_txt2img_controlnet_canny_with_model.json").read_text())
+    rec = json.loads((RECORDINGS / "a1111" / "ext_txt2img_controlnet_canny_with_model.json").read_text())
     step = package(rec["response"]["json"], rec["request"]["json"], Resolved("m", "", None, "Euler", "Automatic"),
                    return_control_maps=True)
     size = asked_size(rec["request"]["json"])

@@ -31,7 +31,8 @@ from schemas.errors import ResultTooLarge, UploadFailed, error_result
 from schemas.output import OutputOptions
 from schemas.settings import Settings
 from tests.replay import ReplayServer
-from tests.test_output_delivery import deliver_result, recorded_result
+from tests.support.jobs import deliver_result, job_like, recorded_result
+from tests.support.worker import start_worker
 
 TXT2IMG = "/sdapi/v1/txt2img"
 BUCKET_ENV = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY", "BUCKET_NAME")
@@ -270,28 +271,9 @@ def test_region_and_default_bucket_name():
 @pytest.fixture
 def worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, models_dir: Path,
            clean_env: Path) -> Iterator[ReplayServer]:
-    from a1111.readiness import ensure_ready
-
-    with ReplayServer("a1111") as srv:
-        monkeypatch.setenv("A1111_URL", srv.url)
-        monkeypatch.setenv("MODELS_DIR", str(models_dir))
-        monkeypatch.setenv("MODELS_CATALOG", str(tmp_path / "no-catalog.json"))
-        monkeypatch.setenv("A1111_READY_TIMEOUT", "5")
-        monkeypatch.setenv("A1111_STATE_DIR", str(tmp_path / "state"))
-        monkeypatch.delenv("WEBUI_BACKEND", raising=False)
-        settings = Settings.from_env()
-        ensure_ready(settings)  # its warm-up txt2img, out of the way
-        srv.reset_requests()
-        yield srv
-
-
-def job_like(srv: ReplayServer, name: str, **fields) -> dict:
-    srv.respond("POST", TXT2IMG, name)
-    req = srv.recording(name)["request"]["json"]
-    job = {k: req[k] for k in ("prompt", "width", "height", "steps", "seed", "batch_size") if k in req}
-    job["sampler_name"] = "Euler"
-    job.update(fields)
-    return job
+    srv = start_worker("a1111", monkeypatch, tmp_path, models_dir)
+    yield srv
+    srv.stop()
 
 
 def test_handler_auto_uploads_to_the_jobs_s3config(worker, s3, monkeypatch, clean_env):

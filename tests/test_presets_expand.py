@@ -145,7 +145,7 @@ def test_builtin_preset_models_exist_in_the_catalog(catalog):
         entry = catalog.get(ref)
         assert entry is not None, ref
         assert entry.kind in (kind if isinstance(kind, tuple) else (kind,)), ref
-    # the LoRA weight the design asks for
+    # the weight the rubber-tile LoRA was trained to be used at
     assert cfg["lora_weight"] == 0.7
 
 

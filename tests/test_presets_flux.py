@@ -19,8 +19,10 @@ from presets._jobs import module_file_name, preset_config
 from schemas.job import parse_job
 from schemas.settings import Settings
 from tests.contract import assert_txt2img_conforms
-from tests.fileserver import lora_bytes
 from tests.replay import ReplayServer
+from tests.support.jobs import JobRunner
+from tests.support.jobs import txt2img_bodies as bodies  # the name the assertions below use
+from tests.support.model_files import lora_bytes
 
 LISTED_MODULE = "random_vae.safetensors"  # the one module the recorded Forge lists
 
@@ -32,13 +34,8 @@ def forge_env(forge_env: ReplayServer, models_dir: Path) -> ReplayServer:
     return forge_env
 
 
-def bodies(srv: ReplayServer) -> list[dict]:
-    return [b for b in srv.sent("POST", "/sdapi/v1/txt2img") if b.get("prompt") != "warm-up"]
-
-
-def run(**inp) -> dict:
-    # model_a stands in for the Flux checkpoint: it is what the recorded Forge lists.
-    return handler({"id": "fx", "input": {"preset": "flux", "prompt": "a red fox", "checkpoint": "model_a", **inp}})
+# model_a stands in for the Flux checkpoint: it is what the recorded Forge lists.
+run = JobRunner(job_id="fx", base={"preset": "flux", "prompt": "a red fox", "checkpoint": "model_a"}).fields
 
 
 def test_flux_defaults_on_forge(forge_env):

@@ -17,6 +17,9 @@ from schemas.job import parse_job
 from schemas.presets import COLOR_RGB
 from tests.contract import assert_txt2img_conforms
 from tests.replay import ReplayServer
+from tests.support.jobs import JobRunner
+from tests.support.jobs import txt2img_bodies as bodies  # the name the assertions below use
+from tests.support.worker import point_worker_at
 
 RED_BLUE = [{"name": "red", "proportion": 60}, {"name": "blue", "proportion": 40}]
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,22 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def sdxl_env(monkeypatch: pytest.MonkeyPatch, sdxl_replay: ReplayServer, models_dir: Path) -> ReplayServer:
-    monkeypatch.setenv("A1111_URL", sdxl_replay.url)
-    monkeypatch.setenv("MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("A1111_READY_TIMEOUT", "5")
     # Private addresses stay refused: the catalog's ControlNet sources are public hosts, which
     # this offline machine cannot resolve, so a missing model fails fast instead of retrying.
-    monkeypatch.delenv("DOWNLOAD_ALLOW_PRIVATE", raising=False)
-    monkeypatch.delenv("WEBUI_BACKEND", raising=False)
+    point_worker_at(monkeypatch, sdxl_replay.url, models_dir, allow_private=False)
     return sdxl_replay
 
 
-def bodies(srv: ReplayServer) -> list[dict]:
-    return [b for b in srv.sent("POST", "/sdapi/v1/txt2img") if b.get("prompt") != "warm-up"]
-
-
-def run(**inp) -> dict:
-    return handler({"id": "rt", "input": {"preset": "rubber_tile", **inp}})
+run = JobRunner(job_id="rt", base={"preset": "rubber_tile"}).fields
 
 
 def test_two_generations_and_a_colour_map(sdxl_env):
@@ -181,8 +175,8 @@ def test_angle_45_with_a_missing_controlnet_model_fails_before_generation(sdxl_e
 
 
 def test_preview_prompt_matches_the_recorded_canonical_request(sdxl_env):
-    # txt2img_sdxl_rubber_tile_preview was recorded with the design's prompt, negative prompt
-    # and LoRA tag; the preset must produce exactly those strings.
+    # txt2img_sdxl_rubber_tile_preview was recorded with the preset's intended prompt, negative
+    # prompt and LoRA tag; the preset must produce exactly those strings.
     recorded = sdxl_env.recording("txt2img_sdxl_rubber_tile_preview")["request"]["json"]
     out = run(colors=RED_BLUE, seed=42)
     assert "error" not in out, out
@@ -194,11 +188,7 @@ def test_preview_prompt_matches_the_recorded_canonical_request(sdxl_env):
 def test_missing_rubber_tile_files_name_their_expected_paths(monkeypatch, replay, models_dir):
     # The SD1.5 server lists none of the rubber-tile files, the volume is empty, and the
     # LoRA / TI have no public source: the error says where each file is expected.
-    monkeypatch.setenv("A1111_URL", replay.url)
-    monkeypatch.setenv("MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("A1111_READY_TIMEOUT", "5")
-    monkeypatch.delenv("DOWNLOAD_ALLOW_PRIVATE", raising=False)
-    monkeypatch.delenv("WEBUI_BACKEND", raising=False)
+    point_worker_at(monkeypatch, replay.url, models_dir, allow_private=False)
     out = run(colors=RED_BLUE)
     assert "error" in out
     by_field = {d["field"]: d["message"] for d in out["details"]}

@@ -3,15 +3,13 @@ symlinks out of MODELS_DIR, pickled formats, private-address URLs, and token val
 never reach a log line, the process's output, a job result, or A1111.
 
 Everything runs over real HTTP on 127.0.0.1: the replay A1111 server, an HTTPS file server for
-``url`` sources (they must be https) and the cache tests' model server (tests/test_cache_server.py)
+``url`` sources (they must be https) and the scripted model server (tests/support/servers.py)
 standing in for Civitai and the Hugging Face Hub.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import json
 import logging
 from pathlib import Path
@@ -19,29 +17,22 @@ from pathlib import Path
 import pytest
 
 from cache.safety import check_url
-from handler import handler
 from schemas.errors import ValidationFailed
-from tests.test_cache_server import ModelServer
-from tests.test_faults import _fresh_worker_state, _lora_bytes, files_server  # noqa: F401 - fixtures
+from tests.support.jobs import JobRunner, png_b64
+from tests.support.model_files import lora_bytes
+from tests.support.servers import ModelServer
 
 TXT2IMG = "/sdapi/v1/txt2img"
 JOB = {"prompt": "a photo of a cat", "steps": 1, "width": 64, "height": 64, "seed": 1}
 MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
+# Every test starts a replay server of its own, and ports are reused: no inherited worker state.
+pytestmark = pytest.mark.usefixtures("fresh_worker_state")
 
-def run(inp: dict, job_id: str = "sec", **top) -> dict:
-    return handler({"id": job_id, "input": inp, **top})
-
-
-def _png_b64() -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (0, 0, 0)).save(buf, "PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+run = JobRunner(job_id="sec")
 
 
-PNG = _png_b64()
+PNG = png_b64()
 
 
 def model_files(root: Path) -> set[str]:
@@ -54,7 +45,7 @@ def sec_env(worker_env, models_dir, tmp_path, monkeypatch):
     job may reach, and fast download retries."""
     outside = tmp_path / "outside"
     outside.mkdir()
-    (outside / "secret.safetensors").write_bytes(_lora_bytes())
+    (outside / "secret.safetensors").write_bytes(lora_bytes())
     monkeypatch.setenv("DOWNLOAD_ATTEMPTS", "1")
     worker_env.models_dir = models_dir
     assert "images" in run(JOB, "warm-up")  # ready (the warm-up generation is behind us)
@@ -98,10 +89,10 @@ FIELDS = ["checkpoint", "loras[].name", "loras[] as string", "loras[].url name",
 
 
 @pytest.mark.parametrize("field", FIELDS)
-def test_path_traversal_refused_in_every_model_name_field(sec_env, files_server, models_dir, tmp_path,  # noqa: F811
+def test_path_traversal_refused_in_every_model_name_field(sec_env, files_server, models_dir, tmp_path,
                                                           field):
     base, files = files_server
-    files.files["/lora.safetensors"] = (200, "application/octet-stream", _lora_bytes(), None)
+    files.files["/lora.safetensors"] = (200, "application/octet-stream", lora_bytes(), None)
     secret = (tmp_path / "outside" / "secret.safetensors").read_bytes()
     before_models, before_tmp = model_files(models_dir), model_files(tmp_path)
     for name in TRAVERSALS:
@@ -120,7 +111,7 @@ def test_path_traversal_refused_in_every_model_name_field(sec_env, files_server,
 def test_content_disposition_cannot_place_a_file_outside(sec_env, models_dir, tmp_path, monkeypatch):
     """Civitai names the file in Content-Disposition; a name with a path is cut to its base name."""
     with ModelServer() as civitai:
-        civitai.add("/api/download/models/4242", _lora_bytes(),
+        civitai.add("/api/download/models/4242", lora_bytes(),
                     headers={"Content-Disposition": 'attachment; filename="../../outside/evil.safetensors"'})
         monkeypatch.setenv("CIVITAI_BASE_URL", civitai.url)
         out = run({"action": "prefetch", "loras": [{"civitai": 4242}]})
@@ -145,9 +136,9 @@ def test_symlinked_model_out_of_models_dir_is_refused(sec_env, models_dir, tmp_p
     assert not sec_env.sent("POST", TXT2IMG), "nothing was generated"
 
 
-def test_download_never_writes_through_a_symlink(sec_env, files_server, models_dir, tmp_path):  # noqa: F811
+def test_download_never_writes_through_a_symlink(sec_env, files_server, models_dir, tmp_path):
     base, files = files_server
-    files.files["/new.safetensors"] = (200, "application/octet-stream", _lora_bytes(dim=8), None)
+    files.files["/new.safetensors"] = (200, "application/octet-stream", lora_bytes(dim=8), None)
     victim = tmp_path / "outside" / "victim.safetensors"
     victim.write_bytes(b"operator data")
     (models_dir / "loras" / "target.safetensors").symlink_to(victim)
@@ -159,7 +150,7 @@ def test_download_never_writes_through_a_symlink(sec_env, files_server, models_d
 
 # --------------------------------------------------------------------------- pickles
 @pytest.mark.parametrize("suffix", [".ckpt", ".pt", ".pth", ".bin"])
-def test_pickled_formats_refused_before_download(sec_env, files_server, models_dir, monkeypatch,  # noqa: F811
+def test_pickled_formats_refused_before_download(sec_env, files_server, models_dir, monkeypatch,
                                                  suffix):
     base, files = files_server
     files.files[f"/model{suffix}"] = (200, "application/octet-stream", b"PK\x03\x04 pickled torch zip", None)
@@ -196,10 +187,10 @@ PRIVATE_HOSTS = ["127.0.0.1", "localhost", "[::1]", "[::ffff:127.0.0.1]", "21307
 
 
 @pytest.mark.parametrize("host", PRIVATE_HOSTS)
-def test_private_address_urls_refused(sec_env, files_server, monkeypatch, host):  # noqa: F811
+def test_private_address_urls_refused(sec_env, files_server, monkeypatch, host):
     base, files = files_server
     port = base.rsplit(":", 1)[1]
-    files.files["/x.safetensors"] = (200, "application/octet-stream", _lora_bytes(), None)
+    files.files["/x.safetensors"] = (200, "application/octet-stream", lora_bytes(), None)
     monkeypatch.delenv("DOWNLOAD_ALLOW_PRIVATE", raising=False)
     url = f"https://{host}:{port}/x.safetensors"
     for inp in ({"action": "prefetch", "loras": [{"url": url, "name": "x"}]},
@@ -214,8 +205,8 @@ def test_private_address_urls_refused(sec_env, files_server, monkeypatch, host):
 def test_private_civitai_and_hub_endpoints_refused(sec_env, monkeypatch):
     monkeypatch.delenv("DOWNLOAD_ALLOW_PRIVATE", raising=False)
     with ModelServer() as srv:
-        srv.add("/api/download/models/5", _lora_bytes())
-        srv.add_hf("owner/repo", "x.safetensors", _lora_bytes())
+        srv.add("/api/download/models/5", lora_bytes())
+        srv.add_hf("owner/repo", "x.safetensors", lora_bytes())
         monkeypatch.setenv("CIVITAI_BASE_URL", srv.url)
         monkeypatch.setenv("HF_ENDPOINT", srv.url)
         for ref in ({"civitai": 5}, {"hf": "owner/repo", "file": "x.safetensors"}):
@@ -224,10 +215,10 @@ def test_private_civitai_and_hub_endpoints_refused(sec_env, monkeypatch):
         assert srv.seen == []
 
 
-def test_private_url_allowed_only_when_configured(sec_env, files_server, monkeypatch):  # noqa: F811
+def test_private_url_allowed_only_when_configured(sec_env, files_server, monkeypatch):
     """The control: with DOWNLOAD_ALLOW_PRIVATE=1 the very same URL downloads."""
     base, files = files_server
-    files.files["/x.safetensors"] = (200, "application/octet-stream", _lora_bytes(), None)
+    files.files["/x.safetensors"] = (200, "application/octet-stream", lora_bytes(), None)
     monkeypatch.setenv("DOWNLOAD_ALLOW_PRIVATE", "1")
     out = run({"action": "prefetch", "loras": [{"url": f"{base}/x.safetensors", "name": "x"}]})
     assert "error" not in out, out
@@ -250,7 +241,7 @@ SECRETS = {
 S3_SECRET = "PerRequestS3Secret-0123456789"
 
 
-def test_tokens_never_in_logs_output_results_or_a1111(sec_env, files_server, models_dir, monkeypatch,  # noqa: F811
+def test_tokens_never_in_logs_output_results_or_a1111(sec_env, files_server, models_dir, monkeypatch,
                                                       caplog, capfd):
     base, files = files_server
     for name, value in SECRETS.items():
@@ -263,14 +254,14 @@ def test_tokens_never_in_logs_output_results_or_a1111(sec_env, files_server, mod
     civ_auth = f"Bearer {SECRETS['CIVITAI_TOKEN']}"
     results = []
     with ModelServer() as civitai, ModelServer(host="localhost") as cdn:
-        cdn.add("/files/model.safetensors", _lora_bytes(dim=3),
+        cdn.add("/files/model.safetensors", lora_bytes(dim=3),
                 headers={"Content-Disposition": 'attachment; filename="civ_model.safetensors"'})
         civitai.add("/api/download/models/1", b"", [("redirect", f"{cdn.url}/files/model.safetensors")],
                     auth=civ_auth)
         civitai.add("/api/download/models/2", b"", [("status", 401, b'{"error":"Unauthorized"}',
                                                      "application/json")])
         civitai.add("/api/download/models/3", b"", [("status", 403, b"forbidden", "text/plain")])
-        civitai.add_hf("owner/gated", "x.safetensors", _lora_bytes(), auth="Bearer nobody-has-this")
+        civitai.add_hf("owner/gated", "x.safetensors", lora_bytes(), auth="Bearer nobody-has-this")
         monkeypatch.setenv("CIVITAI_BASE_URL", civitai.url)
         monkeypatch.setenv("HF_ENDPOINT", civitai.url)
         files.files["/x.safetensors"] = (404, "text/plain", b"missing", None)
