@@ -1,2 +1,3 @@
-"""Everything that talks to A1111 / Forge: the HTTP client, name resolution, the payload
-compiler, result packaging, readiness, progress, extensions and delivery."""
+"""Everything about A1111 / Forge: the HTTP client and per-URL worker state, its live lists,
+name matching and resolution, the pure payload compiler, result packaging, readiness,
+progress and the supervision of its process. Delivery of the result lives in ``output/``."""

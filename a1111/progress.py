@@ -1,4 +1,4 @@
-"""Progress of a running generation, forwarded to RunPod (design.md section 6).
+"""Progress of a running generation, forwarded to RunPod while the job runs.
 
 While txt2img blocks, a background thread polls ``/sdapi/v1/progress`` (which A1111 serves
 without its queue lock) and sends ``runpod.serverless.progress_update`` at most once per
