@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from a1111.client import A1111Client
+from a1111.holding import HeldModels
 from a1111.lists import MODEL_LISTS
 from a1111.payload import compile_txt2img, compile_warnings
 from a1111.progress import ProgressReporter
@@ -64,24 +65,27 @@ def run_txt2img(job: dict, parsed: Job, settings: Settings, started: float) -> d
     client = get_client(settings)
     ensure_ready(settings, deadline=deadline)
     outputs: list[tuple[str | None, Packaged]] = []
-    for step in steps:
-        t0 = time.monotonic()
-        resolved = resolve(step.job, settings, catalog)
-        payload = compile_txt2img(step.job, resolved, settings.backend)
-        t1 = time.monotonic()
-        log.info("job %s: txt2img%s %sx%s, %s steps, checkpoint %s, %d LoRA(s)", job.get("id"),
-                 f" [{step.label}]" if step.label else "", payload["width"], payload["height"],
-                 payload["steps"], resolved.checkpoint, len(resolved.loras))
-        _raise_if_cancelled()  # cancelled while models were resolved or downloaded: do not generate
-        with ProgressReporter(client, job, label=step.label):
-            response = client.txt2img(payload, deadline=deadline)
-        t2 = time.monotonic()
-        outputs.append((step.label, package(
-            response, payload, resolved,
-            return_control_maps=step.job.return_control_maps,
-            timings={"resolve_s": round(t1 - t0, 3), "generate_s": round(t2 - t1, 3)},
-            warnings=compile_warnings(step.job, resolved, settings.backend),
-        )))
+    # Every worker's eviction spares the job's model files until it ends (or its marker expires).
+    with HeldModels(settings, catalog) as held:
+        for step in steps:
+            t0 = time.monotonic()
+            # Held, then checked to be on the volume: one that vanished is placed again, or the job fails.
+            resolved = held.confirm(step.job, resolve(step.job, settings, catalog))
+            payload = compile_txt2img(step.job, resolved, settings.backend)
+            t1 = time.monotonic()
+            log.info("job %s: txt2img%s %sx%s, %s steps, checkpoint %s, %d LoRA(s)", job.get("id"),
+                     f" [{step.label}]" if step.label else "", payload["width"], payload["height"],
+                     payload["steps"], resolved.checkpoint, len(resolved.loras))
+            _raise_if_cancelled()  # cancelled while models were resolved or downloaded: do not generate
+            with ProgressReporter(client, job, label=step.label):
+                response = client.txt2img(payload, deadline=deadline)
+            t2 = time.monotonic()
+            outputs.append((step.label, package(
+                response, payload, resolved,
+                return_control_maps=step.job.return_control_maps,
+                timings={"resolve_s": round(t1 - t0, 3), "generate_s": round(t2 - t1, 3)},
+                warnings=compile_warnings(step.job, resolved, settings.backend),
+            )))
     packaged = combine(outputs, presets.finish(parsed, [out.result for _, out in outputs]))
     packaged.result["timings"]["total_s"] = round(time.monotonic() - started, 3)
     return deliver(packaged, plan, settings, str(job.get("id")))

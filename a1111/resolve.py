@@ -214,7 +214,9 @@ class _Resolver:
                 self.problems.append(Problem(fld, f"LoRA '{name}' cannot be used in a prompt tag: its file name "
                                                   "contains ':', '<' or '>'; rename the file"))
                 continue
-            self.models.in_use.append(_relative("lora", str(listed_entry.get("path") or name + ".safetensors")))
+            listed_path = listed_entry.get("path")
+            self.models.use("lora", name, _relative("lora", str(listed_path or name + ".safetensors")),
+                            str(listed_path) if listed_path else None)
             out.append(ResolvedLora(name=name, weight=float(weight), family=lora_family))
         return out
 
@@ -249,7 +251,7 @@ class _Resolver:
             if self.job.preset is None and key.lower() not in text:
                 self.warnings.append(f"embedding '{key}' is available but its name does not appear in the "
                                      "prompt or negative_prompt, so it has no effect")
-            self.models.in_use.append(_relative("embedding", key + ".safetensors"))
+            self.models.use("embedding", key, _relative("embedding", key + ".safetensors"))
             out.append(key)
         return out
 
@@ -317,7 +319,9 @@ def resolve(job: Job, settings: Any, catalog: Any = None, *, cache: Any = None) 
     title, stem = ckpt if ckpt else ("", "")
     family = r.checkpoint_family(title, stem) if ckpt else None
     if ckpt:
-        r.models.in_use.append(_relative("checkpoint", strip_hash(title)))
+        filename = (find_checkpoint(title, lists.checkpoints()) or {}).get("filename")
+        r.models.use("checkpoint", stem, _relative("checkpoint", strip_hash(title)),
+                     str(filename) if filename else None)
     loras = r.loras(family, title)
     embeddings = r.embeddings(family)
     r.check_a1111_fields()
@@ -326,4 +330,5 @@ def resolve(job: Job, settings: Any, catalog: Any = None, *, cache: Any = None) 
         raise problems_error(all_problems)
     lists.loaded = title
     return Resolved(checkpoint=title, checkpoint_name=stem, family=family, sampler=sampler, scheduler=scheduler,
-                    loras=loras, embeddings=embeddings, warnings=r.warnings, placed=r.models.placed)
+                    loras=loras, embeddings=embeddings, warnings=r.warnings, placed=r.models.placed,
+                    uses=r.models.uses)

@@ -6,6 +6,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+@dataclass(frozen=True)
+class UsedModel:
+    """A model file on MODELS_DIR the job generates with: held from eviction, checked to be
+    there right before generating, and recorded as used (a1111/holding.py)."""
+
+    kind: str       # "checkpoint" | "lora" | "embedding"
+    name: str       # what A1111 lists it as
+    path: str       # relative to MODELS_DIR, e.g. "loras/x.safetensors"
+
+
 @dataclass
 class ResolvedLora:
     name: str       # what goes into <lora:NAME:W>: the file stem A1111 lists
@@ -24,3 +34,4 @@ class Resolved:
     embeddings: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     placed: list[dict[str, Any]] = field(default_factory=list)  # models the cache placed for this job
+    uses: list[UsedModel] = field(default_factory=list)         # its model files on MODELS_DIR

@@ -29,6 +29,7 @@ from cache.refs import ModelRequest, parse_ref, source_key
 from cache.registry import Registry, lease, now
 from cache.safety import MODEL_EXTS, check_format, inside, redact_url, safe_name
 from cache.transfer import verify_sha256
+from cache.usage import noted
 from schemas.errors import (
     CatalogError,
     DownloadFailed,
@@ -173,6 +174,8 @@ class ModelCache:
                                       "pinned": bool(req.entry and (req.entry.pinned or req.entry.default))})
         except (WorkerError, OSError) as exc:  # bookkeeping must not fail a job whose model is present
             log.warning("cache registry not updated for %s: %s", rel, exc)
+        else:
+            noted(self.root, rel)  # this use is written: the job's batched use record skips it
 
     # ------------------------------------------------------------------ placing
     def _fetch(self, req: ModelRequest, folder: Path, what: str) -> tuple[Fetched, dict]:
@@ -282,6 +285,8 @@ class ModelCache:
             self.registry.record(entry)
         except (WorkerError, OSError) as exc:  # the file is in place; only the bookkeeping failed
             log.warning("cache registry not updated for %s: %s", rel, exc)
+        else:
+            noted(self.root, rel)
         log.info("cache: placed %s (%d bytes, %d transferred) from %s", rel, entry["bytes"], got.transferred,
                  json.dumps(source))
         return self._placed(req, final, downloaded=req.source is not None, sha=sha)

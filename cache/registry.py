@@ -166,3 +166,20 @@ class Registry:
                 if defaults.get(k):
                     e[k] = True
         self.update(apply)
+
+    def touch_many(self, uses: dict[str, tuple[dict, int]]) -> None:
+        """``touch`` for several files in one write: path -> (defaults, uses since the last write)."""
+        def apply(entries: dict[str, dict]) -> None:
+            t = now()
+            for path, (defaults, count) in uses.items():
+                try:
+                    size = (self.root / path).stat().st_size
+                except OSError:
+                    continue  # gone since it was used: nothing to keep from eviction
+                e = entries.get(path)
+                if e is None:
+                    e = entries[path] = {"added": t, "uses": 0, "pinned": False, "downloaded": False,
+                                         "source": None, "sha256": None, "bytes": size, **defaults}
+                e["last_used"] = t
+                e["uses"] = int(e.get("uses") or 0) + max(1, count)
+        self.update(apply)
