@@ -32,6 +32,7 @@ from tests.support.worker import reset_worker_state, warm_up, write_catalog
 
 REPO = Path(__file__).resolve().parent.parent
 run = JobRunner(base={"prompt": "a cat", "steps": 1})
+LEASE_S = 2.5  # the dying worker's CACHE_INUSE_LEASE_S: renewed every LEASE_S / 4 while it lives
 
 # Another worker of the endpoint evicting under its own CACHE_MAX_GB (argv: MODELS_DIR, GB);
 # it prints what it removed.
@@ -147,13 +148,14 @@ def test_eviction_by_another_worker_spares_the_models_of_a_running_job(worker, m
     (CACHE_MAX_GB=0): the job's LoRA stays, an unused one goes; after the job it may go too."""
     held = downloaded_lora(models_dir, "held", last_used=1000.0)
     downloaded_lora(models_dir, "idle", last_used=2000.0)
-    worker.delay("POST", TXT2IMG, 3.0)
+    worker.delay("POST", TXT2IMG, 8.0)
     result: dict = {}
     job = threading.Thread(target=lambda: result.update(run({"loras": ["held"]})))
     job.start()
     try:
         wait_for(lambda: txt2img_bodies(worker))  # generating now
         assert evict_elsewhere(models_dir, 0.0) == ["loras/idle.safetensors"]
+        assert job.is_alive(), "the job ended before the other worker evicted: the test proves nothing"
         assert held.is_file()
     finally:
         job.join(timeout=30)
@@ -164,9 +166,9 @@ def test_eviction_by_another_worker_spares_the_models_of_a_running_job(worker, m
 
 def test_the_marker_of_a_worker_that_died_mid_job_expires(worker, models_dir):
     """A worker (child process) is killed while generating with a LoRA: its claim protects
-    the file while its lease (CACHE_INUSE_LEASE_S=1) is fresh, and nothing once it expired."""
+    the file while its lease (CACHE_INUSE_LEASE_S) is renewed, and nothing once it expired."""
     held = downloaded_lora(models_dir, "held", last_used=1000.0)
-    env = {**os.environ, "CACHE_INUSE_LEASE_S": "1"}
+    env = {**os.environ, "CACHE_INUSE_LEASE_S": str(LEASE_S)}
     proc = child(JOB_WORKER, json.dumps({"prompt": "a cat", "steps": 1, "loras": ["held"]}),
                  env=env, stdin=subprocess.PIPE)
     try:
@@ -176,7 +178,7 @@ def test_the_marker_of_a_worker_that_died_mid_job_expires(worker, models_dir):
         proc.stdin.write("go\n")
         proc.stdin.flush()
         wait_for(lambda: txt2img_bodies(worker))  # the child generates with "held" now
-        time.sleep(1.5)  # longer than the lease: only the child's heartbeat keeps the claim fresh
+        time.sleep(LEASE_S + 1)  # longer than the lease: only the child's heartbeat keeps the claim fresh
         assert evict_elsewhere(models_dir, 0.0) == []
         assert held.is_file()
     finally:
@@ -184,7 +186,7 @@ def test_the_marker_of_a_worker_that_died_mid_job_expires(worker, models_dir):
         proc.communicate(timeout=30)
     markers = list((models_dir / ".inuse").glob("*.json"))
     assert len(markers) == 1  # a killed worker cleans nothing up
-    time.sleep(1.5)
+    time.sleep(LEASE_S + 0.5)
     assert evict_elsewhere(models_dir, 0.0) == ["loras/held.safetensors"]
     assert not held.exists() and not markers[0].exists()
 
