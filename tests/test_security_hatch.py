@@ -18,7 +18,7 @@ import pytest
 
 from tests.contract import assert_txt2img_conforms, openapi
 from tests.replay import recordings
-from tests.support.jobs import TXT2IMG, JobRunner, txt2img_bodies
+from tests.support.jobs import JobRunner, txt2img_bodies
 
 run = JobRunner(job_id="hatch", base={"prompt": "a photo of a cat", "steps": 1, "width": 64, "height": 64})
 
@@ -116,8 +116,6 @@ def test_allowed_fields_and_checked_names_reach_a1111_as_listed(worker_env):
 
 # --------------------------------------------------------------------------- item 6
 def test_an_option_one_job_sets_is_reset_for_the_next(worker_env):
-    from a1111.hatch import options_for  # imported here so the other tests also run on code without it
-
     first = run({"a1111": {"override_settings": {"eta_noise_seed_delta": 31337, "randn_source": "CPU",
                                                  "emphasis": "No norm"}}})
     assert "error" not in first, first
@@ -131,6 +129,8 @@ def test_an_option_one_job_sets_is_reset_for_the_next(worker_env):
     assert two["override_settings"]["eta_noise_seed_delta"] == recorded["eta_noise_seed_delta"] == 0
     assert two["override_settings"]["randn_source"] == recorded["randn_source"] == "GPU"
     assert two["override_settings"]["emphasis"] == recorded["emphasis"] == "Original"
+    from a1111.hatch import options_for  # imported here: the assertions above also run on code without it
+
     for body in (one, two):  # every option a job may set, in every payload
         assert set(options_for("a1111")) <= set(body["override_settings"])
         assert_txt2img_conforms(body, "a1111")
