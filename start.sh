@@ -94,8 +94,10 @@ fi
 # --server-name 127.0.0.1 is not optional: with --nowebui and no --server-name, uvicorn
 # binds every interface, and the worker keeps A1111 on loopback only. --skip-prepare-environment and
 # --skip-install: everything was installed when the image was built; no pip or git at start.
+# --hide-ui-dir-config: A1111 then refuses, through the API too, the options that name folders
+# (outdir_*, temp_dir, filename patterns), so no request can make it write files elsewhere.
 a1111_args=(
-    --api --nowebui --port "$A1111_PORT" --server-name 127.0.0.1
+    --api --nowebui --port "$A1111_PORT" --server-name 127.0.0.1 --hide-ui-dir-config
     --xformers --opt-sdp-attention
     --skip-prepare-environment --skip-install --no-download-sd-model
     --ckpt-dir "$MODELS_DIR/checkpoints"

@@ -12,7 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from a1111.matching import find_checkpoint, find_embedding, find_lora
+from a1111.matching import (
+    VAE_CHOICES,
+    checkpoint_stem,
+    find_checkpoint,
+    find_embedding,
+    find_lora,
+    find_scheduler,
+    find_vae,
+    split_sampler,
+)
 
 
 def _as_list(value: Any) -> list[dict]:
@@ -105,6 +114,32 @@ class LiveLists:
 
     def embeddings(self, fresh: bool = False) -> dict[str, dict]:
         return self.models("embedding", fresh=fresh)
+
+    def vaes(self, fresh: bool = False) -> list[dict]:
+        """A1111's VAE files ({model_name, filename}); Forge has no such route (404)."""
+        return _as_list(self.get("/sdapi/v1/sd-vae", fresh=fresh))
+
+    def options(self) -> Any:
+        """A1111's options as read at first use, kept for the worker's life: a1111/hatch.py
+        takes from them the values stated for the options a job leaves unset."""
+        return self.get("/sdapi/v1/options")
+
+    def listed_name(self, kind: str, name: str, *, fresh: bool = False) -> tuple[str | None, list[str]]:
+        """(the name as A1111 lists it, or None; the listed names to suggest) for a checkpoint,
+        vae, sampler or scheduler ``name``."""
+        if kind == "checkpoint":
+            listed = self.checkpoints(fresh=fresh)
+            entry = find_checkpoint(name, listed)
+            return (str(entry["title"]) if entry else None), [checkpoint_stem(e) for e in listed]
+        if kind == "vae":
+            vaes = self.vaes(fresh=fresh)
+            return find_vae(name, vaes), [*VAE_CHOICES, *(str(v.get("model_name")) for v in vaes)]
+        if kind == "sampler":
+            samplers = self.samplers(fresh)
+            split = split_sampler(name, samplers, [])  # a sampler only: hr_scheduler is its own field
+            return (split[0] if split else None), [str(s.get("name")) for s in samplers]
+        schedulers = self.schedulers(fresh)
+        return find_scheduler(name, schedulers), [str(s.get("label") or s.get("name")) for s in schedulers]
 
     def openapi(self) -> dict:
         value = self.get("/openapi.json")

@@ -185,6 +185,24 @@ def find_embedding(name: str, listed: dict[str, dict]) -> str | None:
     return None
 
 
+# What sd_vae takes besides a listed file: the checkpoint's own / a same-named file, or none.
+VAE_CHOICES = ("Automatic", "None")
+
+
+def find_vae(name: str, listed: list[dict]) -> str | None:
+    """The sd_vae value ``name`` means (a listed model_name or one of VAE_CHOICES), or None."""
+    for choice in VAE_CHOICES:
+        if name.lower() == choice.lower():
+            return choice
+    wanted = name.lower()
+    names = {wanted, _without_ext(wanted, (".safetensors", ".pt", ".ckpt"))}
+    for entry in listed:
+        model_name = str(entry.get("model_name") or "")
+        if model_name.lower() in names or _without_ext(model_name.lower(), (".safetensors", ".pt", ".ckpt")) in names:
+            return model_name
+    return None
+
+
 def controlnet_model_listed(name: str, listed: list[str]) -> bool:
     """ControlNet resolves a model by its exact "stem [hash]" title or by the stem,
     case-insensitively (recording ext_txt2img_controlnet_model_by_short_name)."""

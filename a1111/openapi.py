@@ -2,7 +2,8 @@
 
 A1111 (OpenAPI 3.0, pydantic v1) writes draft-4 schemas, where 0.0 is not an "integer";
 Forge (OpenAPI 3.1, pydantic v2) writes JSON Schema 2020-12. Neither server rejects an
-escape-hatch field of the wrong type before generating, so the job is checked here.
+escape-hatch field of the wrong type before generating, so the job is checked here, after
+a1111/hatch.py has allowed its keys and bounded its values.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from a1111.matching import did_you_mean
 from schemas.errors import Problem
 
 TXT2IMG_SCHEMA = "StableDiffusionProcessingTxt2Img"
+OPTIONS_SCHEMA = "Options"
 _URI = "urn:a1111-openapi"
 
 
@@ -39,8 +41,15 @@ def txt2img_properties(doc: dict[str, Any]) -> dict[str, Any] | None:
     return (schema.get("properties") or {}) if isinstance(schema, dict) else None
 
 
+def options_properties(doc: dict[str, Any]) -> dict[str, Any]:
+    """The options this server has (the properties of its ``Options`` schema)."""
+    schema = (doc.get("components") or {}).get("schemas", {}).get(OPTIONS_SCHEMA)
+    return (schema.get("properties") or {}) if isinstance(schema, dict) else {}
+
+
 def a1111_field_problems(extra: dict[str, Any], doc: dict[str, Any]) -> list[Problem]:
-    """What is wrong with the job's ``a1111`` escape-hatch fields, by the server's own schema."""
+    """What is wrong with the job's ``a1111`` escape-hatch fields, by the server's own schema:
+    the types of its txt2img fields, and whether it has each option named."""
     props = txt2img_properties(doc)
     if props is None:
         return [Problem("a1111", "A1111's /openapi.json has no txt2img schema; the a1111 fields cannot be checked")]
@@ -55,4 +64,8 @@ def a1111_field_problems(extra: dict[str, Any], doc: dict[str, Any]) -> list[Pro
         errors = sorted(validator.iter_errors(value), key=lambda e: list(e.path))
         if errors:
             problems.append(Problem(fld, f"a1111.{key}: {errors[0].message[:200]}"))
+        elif key == "override_settings" and isinstance(value, dict):
+            options = options_properties(doc)
+            problems += [Problem(f"{fld}.{opt}", f"{fld}.{opt} is not an option of this server")
+                         for opt in value if opt not in options]
     return problems

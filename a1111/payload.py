@@ -11,6 +11,9 @@ Rules (the recordings named show why):
   can be false, which saves a checkpoint reload per job (up to 17 s for SDXL).
 - On A1111, ``sdxl_clip_l_skip`` is stated too (it leaks the same way,
   ``sdxl_get_options_after_clip_skip_overrides``).
+- The ``a1111`` escape hatch takes only what a1111/hatch.py allows, and every option a job
+  may set there is stated in every payload (the resolver's ``option_defaults`` where the job
+  says nothing), for the same reason.
 """
 
 from __future__ import annotations
@@ -18,34 +21,19 @@ from __future__ import annotations
 from typing import Any
 
 from a1111.extensions import compile_extensions
+from a1111.hatch import JOB_OWNED, OVERRIDE_OWNED, WORKER_OWNED, hatch_problems
 from a1111.resolved import Resolved
 from schemas.errors import Problem, problems_error
 from schemas.job import Job
+
+# The owned-field tables live in a1111/hatch.py with the allow-list; named here as before.
+__all__ = ["JOB_OWNED", "OVERRIDE_OWNED", "WORKER_OWNED", "compile_txt2img", "compile_warnings", "default_size",
+           "lora_tags"]
 
 DEFAULT_STEPS = 20
 DEFAULT_CFG = 7.0
 DEFAULT_CLIP_SKIP = 1
 LARGE_FAMILIES = {"sdxl", "sd3", "flux"}
-
-# txt2img fields the job sets through its own fields: the escape hatch may not override them.
-JOB_OWNED = {
-    "prompt": "prompt", "negative_prompt": "negative_prompt", "sampler_name": "sampler_name",
-    "sampler_index": "sampler_name", "scheduler": "scheduler", "steps": "steps", "cfg_scale": "cfg_scale",
-    "width": "width", "height": "height", "seed": "seed", "batch_size": "batch_size", "n_iter": "n_iter",
-    "distilled_cfg_scale": "distilled_cfg_scale", "enable_hr": "hires", "hr_scale": "hires",
-    "hr_upscaler": "hires", "hr_second_pass_steps": "hires", "denoising_strength": "hires",
-    "hr_cfg": "hires", "hr_distilled_cfg": "hires", "hr_additional_modules": "hires",
-    "hr_resize_x": "hires", "hr_resize_y": "hires",
-}
-OVERRIDE_OWNED = {
-    "sd_model_checkpoint": "checkpoint", "CLIP_stop_at_last_layers": "clip_skip",
-    "sdxl_clip_l_skip": "clip_skip", "forge_additional_modules": "modules",
-}
-WORKER_OWNED = {
-    "override_settings_restore_afterwards": "the worker states every override, so nothing needs restoring",
-    "send_images": "the worker returns the images",
-    "save_images": "it writes files on the worker and can put a grid image first",
-}
 
 
 def default_size(family: str | None) -> int:
@@ -72,6 +60,7 @@ def compile_txt2img(job: Job, resolved: Resolved, backend: str) -> dict[str, Any
     clip_skip = job.clip_skip if job.clip_skip is not None else DEFAULT_CLIP_SKIP
     size = default_size(resolved.family)
     overrides: dict[str, Any] = {
+        **resolved.option_defaults,
         "sd_model_checkpoint": resolved.checkpoint,
         "CLIP_stop_at_last_layers": clip_skip,
     }
@@ -102,7 +91,7 @@ def compile_txt2img(job: Job, resolved: Resolved, backend: str) -> dict[str, Any
         problems.append(Problem("modules", "modules (VAE / text encoders) need the Forge backend "
                                            "(WEBUI_BACKEND=forge)"))
     _merge(payload, compile_extensions(job, backend))
-    problems += _merge_escape_hatch(payload, job.a1111 or {})
+    problems += _merge_escape_hatch(payload, job.a1111 or {}, resolved.a1111_names, backend)
     if problems:
         raise problems_error(problems)  # all bad input: a ValidationFailed
     return payload
@@ -129,36 +118,16 @@ def _merge(payload: dict[str, Any], fragment: dict[str, Any]) -> None:
             payload[key] = value
 
 
-def _merge_escape_hatch(payload: dict[str, Any], extra: dict[str, Any]) -> list[Problem]:
-    problems: list[Problem] = []
+def _merge_escape_hatch(payload: dict[str, Any], extra: dict[str, Any], names: dict[str, str],
+                        backend: str) -> list[Problem]:
+    """Merge the allowed escape-hatch fields, names as A1111 lists them; the problems otherwise."""
+    problems = hatch_problems(extra, backend)
+    if problems:
+        return problems
     for key, value in extra.items():
-        fld = f"a1111.{key}"
-        if key in JOB_OWNED:
-            problems.append(Problem(fld, f"a1111.{key} is set through the job field '{JOB_OWNED[key]}'; "
-                                         "use that instead"))
-        elif key in WORKER_OWNED:
-            problems.append(Problem(fld, f"a1111.{key} cannot be changed: {WORKER_OWNED[key]}"))
-        elif key == "override_settings":
-            if not isinstance(value, dict):
-                problems.append(Problem(fld, "a1111.override_settings must be an object"))
-                continue
+        if key == "override_settings":
             for opt, v in value.items():
-                if opt in OVERRIDE_OWNED:
-                    problems.append(Problem(f"{fld}.{opt}", f"a1111.override_settings.{opt} is set through the "
-                                            f"job field '{OVERRIDE_OWNED[opt]}'; use that instead"))
-                else:
-                    payload["override_settings"][opt] = v
-        elif key == "alwayson_scripts":
-            if not isinstance(value, dict):
-                problems.append(Problem(fld, "a1111.alwayson_scripts must be an object"))
-                continue
-            taken = {k.lower() for k in payload.get("alwayson_scripts", {})}
-            for script, args in value.items():
-                if script.lower() in taken:
-                    problems.append(Problem(f"{fld}.{script}", f"alwayson script '{script}' is already set by "
-                                            "the job's adetailer / controlnet fields"))
-                else:
-                    payload.setdefault("alwayson_scripts", {})[script] = args
+                payload["override_settings"][opt] = names.get(f"override_settings.{opt}", v)
         else:
-            payload[key] = value
-    return problems
+            payload[key] = names.get(key, value)
+    return []

@@ -12,10 +12,12 @@ list is refreshed and checked again. Every problem found is reported in one erro
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from a1111.extension_names import check_extension_names
+from a1111.hatch import hatch_problems, list_names, option_defaults
 from a1111.lists import MODEL_LISTS
 from a1111.matching import (
     EMBEDDING_WIDTH,
@@ -34,7 +36,7 @@ from a1111.resolved import Resolved, ResolvedLora
 from a1111.state import state_for
 from cache import KIND_DIRS
 from cache.inspect import family_from_metadata, model_family
-from schemas.errors import A1111Error, ModelNotFound, Problem, WorkerError, problems_error
+from schemas.errors import A1111Error, ModelNotFound, Problem, ValidationFailed, WorkerError, problems_error
 from schemas.job import Job, Source
 
 log = logging.getLogger(__name__)
@@ -267,16 +269,51 @@ class _Resolver:
         return find_embedding(placed.name, self.lists.embeddings())
 
     # -- escape hatch -----------------------------------------------------------------------
-    def check_a1111_fields(self) -> None:
+    def check_a1111_fields(self) -> dict[str, str]:
+        """Check the job's ``a1111`` fields (allow-list, values, this server's schema, the names
+        they give); the names as A1111 lists them, by field path."""
         extra = self.job.a1111 or {}
         if not extra:
-            return
+            return {}
+        problems = hatch_problems(extra, self.settings.backend)
+        if problems:  # refused keys: nothing more to learn about them from A1111
+            self.problems += problems
+            return {}
         try:
             doc = self.lists.openapi()
         except WorkerError as exc:
             self.problems.append(Problem("a1111", f"cannot check a1111 fields: {exc.message}"))
-            return
+            return {}
         self.problems += a1111_field_problems(extra, doc)
+        names = {}
+        for path, kind, name in list_names(extra):
+            found = self.hatch_name(kind, name, f"a1111.{path}")
+            if found is not None:
+                names[path] = found
+        return names
+
+    def hatch_name(self, kind: str, name: str, fld: str) -> str | None:
+        """The listed name ``name`` means in A1111's list of ``kind``; a problem when none."""
+        for fresh in (False, True):  # read again once on a miss: a file may have been added
+            try:
+                found, candidates = self.lists.listed_name(kind, name, fresh=fresh)
+            except WorkerError as exc:
+                found, candidates = None, [f"(A1111's list could not be read: {exc.message[:100]})"]
+            if found is not None:
+                return found
+        error_type = ModelNotFound.error_type if kind in ("checkpoint", "vae") else ValidationFailed.error_type
+        problem = unknown(fld, kind, name, candidates, error_type=error_type)
+        self.problems.append(replace(problem, message=f"{fld}: {problem.message}"))
+        return None
+
+    def option_defaults(self) -> dict[str, Any]:
+        """The value stated for each option a job may set (a1111/hatch.py option_defaults)."""
+        try:
+            read = self.lists.options()
+        except WorkerError as exc:
+            log.warning("GET /sdapi/v1/options failed (%s): stating A1111's default options", exc.message)
+            read = None
+        return option_defaults(read, self.settings.backend)
 
 
 def _relative(kind: str, path: str) -> str:
@@ -324,11 +361,11 @@ def resolve(job: Job, settings: Any, catalog: Any = None, *, cache: Any = None) 
                      str(filename) if filename else None)
     loras = r.loras(family, title)
     embeddings = r.embeddings(family)
-    r.check_a1111_fields()
+    a1111_names = r.check_a1111_fields()
     all_problems = r.problems + extension_problems
     if all_problems:
         raise problems_error(all_problems)
     lists.loaded = title
     return Resolved(checkpoint=title, checkpoint_name=stem, family=family, sampler=sampler, scheduler=scheduler,
                     loras=loras, embeddings=embeddings, warnings=r.warnings, placed=r.models.placed,
-                    uses=r.models.uses)
+                    uses=r.models.uses, option_defaults=r.option_defaults(), a1111_names=a1111_names)

@@ -35,3 +35,7 @@ class Resolved:
     warnings: list[str] = field(default_factory=list)
     placed: list[dict[str, Any]] = field(default_factory=list)  # models the cache placed for this job
     uses: list[UsedModel] = field(default_factory=list)         # its model files on MODELS_DIR
+    # The escape hatch (a1111/hatch.py): the value stated for every allowed option the job leaves
+    # unset, and the names it gives as A1111 lists them (field path -> listed name).
+    option_defaults: dict[str, Any] = field(default_factory=dict)
+    a1111_names: dict[str, str] = field(default_factory=dict)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.errors import Problem, problems_error
-from schemas.extensions import ADetailerField, ControlNetUnits, HiresSpec
+from schemas.extensions import ADetailerField, ControlNetUnits, HiresSpec, adetailer_units
 from schemas.messages import clean_loc, got, loc_text
 from schemas.output import OutputOptions
 from schemas.presets import Angle, Quality, RubberTileColors, preset_problems
@@ -97,6 +98,31 @@ def _not_blank(v: str | None) -> str | None:
     return v
 
 
+# A1111 reads every "<word:...>" of a prompt as an extra network (its regex): <lora:...>,
+# <lyco:...>, <hypernet:...>. Typed in a prompt it would skip the LoRA name check, the weight
+# range and the LoRA cap, so such tags are refused and LoRAs go through ``loras``.
+EXTRA_NETWORK_TAG = re.compile(r"<(\w+):([^>]+)>")
+
+
+def extra_network_problem(text: str) -> str | None:
+    """Why ``text`` may not go into a prompt as it is, or None."""
+    found = EXTRA_NETWORK_TAG.search(text)
+    if found is None:
+        return None
+    tag = found.group(0)
+    shown = tag if len(tag) <= 60 else tag[:57] + "..."
+    return (f"must not contain A1111 extra-network tags such as {shown!r}: put LoRAs in 'loras' "
+            "({name, weight -5..5}), where their names, weights and number are checked; hypernetworks "
+            "are not supported")
+
+
+def _no_tags(v: str | None) -> str | None:
+    why = extra_network_problem(v) if v is not None else None
+    if why:
+        raise ValueError(why)
+    return v
+
+
 def _https_list(v: list[str]) -> list[str]:
     for url in v:
         check_https(url)
@@ -139,8 +165,9 @@ class Job(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
     action: Literal["txt2img", "health", "list_models", "prefetch"] = "txt2img"
-    prompt: Annotated[str | None, AfterValidator(_not_blank)] = Field(None, max_length=MAX_PROMPT)
-    negative_prompt: str = Field("", max_length=MAX_PROMPT)
+    prompt: Annotated[str | None, AfterValidator(_not_blank), AfterValidator(_no_tags)] = Field(
+        None, max_length=MAX_PROMPT)
+    negative_prompt: Annotated[str, AfterValidator(_no_tags)] = Field("", max_length=MAX_PROMPT)
     checkpoint: ModelRef | None = None
     loras: list[LoraSpec] = Field(default_factory=list, max_length=MAX_LORAS)
     lora_urls: Annotated[list[str], AfterValidator(_https_list)] = Field(default_factory=list, max_length=MAX_LORAS)
@@ -256,6 +283,17 @@ def _action_problems(job: Job) -> list[Problem]:
         if job.prompt is None and job.preset is None:
             problems.append(Problem("prompt", f"prompt is required: {ALLOWED['prompt']}"))
         problems.extend(preset_problems(job))
+        problems.extend(_adetailer_tag_problems(job))
+    return problems
+
+
+def _adetailer_tag_problems(job: Job) -> list[Problem]:
+    problems = []
+    for i, unit in enumerate(adetailer_units(job.adetailer)):
+        for name in ("prompt", "negative_prompt"):
+            why = extra_network_problem(getattr(unit, name))
+            if why:
+                problems.append(Problem(f"adetailer[{i}].{name}", f"adetailer[{i}].{name} {why}"))
     return problems
 
 

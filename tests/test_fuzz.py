@@ -36,7 +36,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import handler as handler_mod
-from a1111.payload import JOB_OWNED, WORKER_OWNED
+from a1111.hatch import FIELDS as HATCH_FIELDS
+from a1111.hatch import OPTIONS as HATCH_OPTIONS
+from a1111.hatch import Knob
+from a1111.payload import JOB_OWNED, OVERRIDE_OWNED, WORKER_OWNED
 from a1111.state import state_for
 from tests.contract import txt2img_problems
 from tests.replay import ReplayServer, _Handler, recordings
@@ -59,6 +62,7 @@ EXAMPLES = {
     "test_fuzz_wild_fields": 3200,
     "test_fuzz_near_valid": 3000,
     "test_fuzz_a1111_fields": 800,
+    "test_fuzz_hatch_allow_list": 500,
     "test_fuzz_model_names": 1600,
     "test_fuzz_actions": 600,
     "test_fuzz_forge": 1000,
@@ -508,6 +512,62 @@ def test_fuzz_a1111_fields(env: Env, extra: dict) -> None:
     """The ``a1111`` escape hatch of an otherwise valid job: anything in any A1111 field."""
     inp = {"prompt": "a photo of a cat", "steps": 1, "width": 64, "height": 64, "a1111": extra}
     run_and_check(env, {"id": "a1111", "input": inp}, "test_fuzz_a1111_fields")
+
+
+OPTION_NAMES = sorted(_rec("a1111", "get_options"))
+# The top-level keys the worker itself sets in the body of a job with no hires or extensions.
+OWN_KEYS = {"prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width", "height",
+            "seed", "batch_size", "n_iter", "override_settings", "override_settings_restore_afterwards"}
+
+
+def knob_values(knob: Knob) -> st.SearchStrategy:
+    """Values an allowed knob takes (and, through ``wild``, values it does not)."""
+    if knob.kind == "bool":
+        good: st.SearchStrategy = st.booleans()
+    elif knob.kind == "int":
+        good = st.integers(int(knob.low), int(knob.high)) | st.sampled_from(knob.off or (0,))
+    elif knob.kind == "number":
+        good = st.floats(knob.low, knob.high)
+    elif knob.kind == "choice":
+        good = st.sampled_from(knob.choices)
+    elif knob.kind == "text":
+        good = texts
+    else:  # a name in one of A1111's lists
+        good = st.sampled_from({"checkpoint": [*CHECKPOINTS, "model_b"], "vae": ["Automatic", "None", "nope"],
+                                "sampler": SAMPLERS, "scheduler": SCHEDULERS}[knob.kind])
+    return st.integers(0, 9).flatmap(lambda i: good if i < 8 else wild)
+
+
+def _entry(table: dict[str, Knob], names: list[str]) -> st.SearchStrategy:
+    allowed = st.sampled_from(sorted(table))
+    other = st.one_of(st.sampled_from(names), texts)
+    return st.integers(0, 9).flatmap(lambda i: allowed if i < 8 else other).flatmap(
+        lambda k: (knob_values(table[k]) if k in table else wild).map(lambda v, k=k: (k, v)))
+
+
+hatch_objects = st.builds(
+    lambda fields, overrides: {**dict(fields), **({"override_settings": dict(overrides)} if overrides else {})},
+    st.lists(_entry(HATCH_FIELDS, A1111_FIELDS), max_size=2),
+    st.lists(_entry(HATCH_OPTIONS, OPTION_NAMES), max_size=2))
+
+
+@settings(max_examples=EXAMPLES["test_fuzz_hatch_allow_list"], **FUZZ)
+@given(extra=hatch_objects)
+def test_fuzz_hatch_allow_list(env: Env, extra: dict) -> None:
+    """Random escape-hatch keys and values: nothing outside the allow-list (a1111/hatch.py)
+    ever reaches A1111, and a job with a key outside it is refused before generation."""
+    before = len(env.server.requests)
+    inp = {"prompt": "a photo of a cat", "steps": 1, "width": 64, "height": 64, "a1111": extra}
+    result = run_and_check(env, {"id": "hatch", "input": inp}, "test_fuzz_hatch_allow_list")
+    bodies = [r.json for r in env.server.requests[before:] if r.method == "POST" and r.path == TXT2IMG]
+    for body in bodies:
+        assert set(body) - OWN_KEYS <= set(HATCH_FIELDS) & set(extra), sorted(set(body) - OWN_KEYS)
+        assert set(body["override_settings"]) <= set(HATCH_OPTIONS) | set(OVERRIDE_OWNED), body["override_settings"]
+        assert set(HATCH_OPTIONS) - {"sd_vae"} <= set(body["override_settings"])  # every option, every job
+    overrides = extra.get("override_settings") or {}
+    outside = (set(extra) - set(HATCH_FIELDS) - {"override_settings"}) | (set(overrides) - set(HATCH_OPTIONS))
+    if outside:
+        assert result.get("error_type") == "validation" and not bodies, (sorted(outside), result)
 
 
 @settings(max_examples=EXAMPLES["test_fuzz_actions"], **FUZZ)

@@ -233,3 +233,13 @@ def test_sigterm_stops_handler_and_a1111(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a1111_hides_its_folder_options(tmp_path):
+    # --hide-ui-dir-config makes A1111 refuse the folder options (outdir_*, temp_dir) through
+    # the API as well, so no request can point its output somewhere else.
+    env = _env(tmp_path, HANDLER_CMD=_driver(tmp_path, [{"id": "h", "input": {"action": "health"}}]))
+    proc = subprocess.run(["bash", str(START)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    argv = (tmp_path / "argv.txt").read_text().split("\n")
+    assert "--hide-ui-dir-config" in argv
