@@ -64,13 +64,14 @@ def run_txt2img(job: dict, parsed: Job, settings: Settings, started: float) -> d
     steps = presets.expand(parsed, catalog, settings)
     client = get_client(settings)
     ensure_ready(settings, deadline=deadline)
+    cache = ModelCache(settings, catalog, deadline=deadline)  # downloads end with the job
     outputs: list[tuple[str | None, Packaged]] = []
     # Every worker's eviction spares the job's model files until it ends (or its marker expires).
-    with HeldModels(settings, catalog) as held:
+    with HeldModels(settings, catalog, cache=cache) as held:
         for step in steps:
             t0 = time.monotonic()
             # Held, then checked to be on the volume: one that vanished is placed again, or the job fails.
-            resolved = held.confirm(step.job, resolve(step.job, settings, catalog))
+            resolved = held.confirm(step.job, resolve(step.job, settings, catalog, cache=cache))
             payload = compile_txt2img(step.job, resolved, settings.backend)
             t1 = time.monotonic()
             log.info("job %s: txt2img%s %sx%s, %s steps, checkpoint %s, %d LoRA(s)", job.get("id"),
@@ -133,7 +134,9 @@ def run_list_models(settings: Settings) -> dict:
     return out
 
 
-def run_prefetch(parsed: Job, settings: Settings) -> dict:
+def run_prefetch(parsed: Job, settings: Settings, started: float) -> dict:
+    """Place the job's models; every download and lease wait ends PREFETCH_TIMEOUT after the
+    job started (prefetch may take longer than a generation's JOB_TIMEOUT, never forever)."""
     catalog = load_catalog(settings)
     refs: dict[str, list] = {}
     if parsed.checkpoints:
@@ -142,7 +145,9 @@ def run_prefetch(parsed: Job, settings: Settings) -> dict:
         refs["lora"] = [ref_value(spec.ref()) for spec in parsed.loras]
     if parsed.embeddings:
         refs["embedding"] = [ref_value(r) for r in parsed.embeddings]
-    placed = ModelCache(settings, catalog).prefetch(refs, catalog_defaults=parsed.catalog)
+    cache = ModelCache(settings, catalog, deadline=started + settings.prefetch_timeout_s,
+                       deadline_name="PREFETCH_TIMEOUT")
+    placed = cache.prefetch(refs, catalog_defaults=parsed.catalog)
     return {"models": placed, "a1111_refreshed": _refresh_lists(settings, placed)}
 
 
@@ -178,7 +183,7 @@ def run_job(job: dict) -> dict:
         if parsed.action == "list_models":
             return run_list_models(settings)
         if parsed.action == "prefetch":
-            return run_prefetch(parsed, settings)
+            return run_prefetch(parsed, settings, started)
         return run_txt2img(job, parsed, settings, started)
     except A1111Unavailable as exc:
         exc = recheck_unavailable(exc)  # a dead A1111 process: log tail + refresh_worker

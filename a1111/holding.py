@@ -41,8 +41,9 @@ def _described(gone: list[UsedModel]) -> str:
 class HeldModels:
     """One job's hold on its model files; a context manager that releases it at the end."""
 
-    def __init__(self, settings: Any, catalog: Any = None) -> None:
-        self.settings, self.catalog = settings, catalog
+    def __init__(self, settings: Any, catalog: Any = None, *, cache: Any = None) -> None:
+        # ``cache``: the job's ModelCache, so that placing a vanished model again keeps to the job's deadline.
+        self.settings, self.catalog, self.cache = settings, catalog, cache
         self.root = Path(settings.models_dir)
         self.marker = InUseMarker(self.root)
 
@@ -81,7 +82,7 @@ class HeldModels:
 
     def _resolve_again(self, job: Job, first: Resolved, gone: list[UsedModel]) -> Resolved:
         try:
-            again = resolve(job, self.settings, self.catalog)
+            again = resolve(job, self.settings, self.catalog, cache=self.cache)
         except ModelNotFound as exc:
             raise ModelNotFound(f"{_described(gone)} was listed by A1111 but its file is gone (another "
                                 f"worker's cache eviction, or removed by hand) and could not be placed again: "

@@ -9,18 +9,21 @@ A1111's lists afterwards is the caller's job (a1111/resolve.py).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
+from cache.bounds import Bounds, size_caps
 from cache.catalog import Catalog
 from cache.convert import convert_trainer_ti, is_trainer_ti
+from cache.credentials import auth_headers
 from cache.download import DownloadConfig, Fetched, fetch_url
 from cache.evict import evict
 from cache.hf import fetch_hf, sha256_file
@@ -81,8 +84,14 @@ def _shown(ref: str | dict) -> str:
 
 
 class ModelCache:
-    def __init__(self, settings: Settings, catalog: Catalog | None = None) -> None:
+    """``deadline`` (a ``time.monotonic()`` value, named by ``deadline_name`` in messages) ends
+    every download and lease wait of this cache; None: each ``ensure`` gets JOB_TIMEOUT from
+    its start and each ``prefetch`` PREFETCH_TIMEOUT."""
+
+    def __init__(self, settings: Settings, catalog: Catalog | None = None, *, deadline: float | None = None,
+                 deadline_name: str = "JOB_TIMEOUT") -> None:
         self.settings = settings
+        self.deadline, self.deadline_name = deadline, deadline_name
         self.root = Path(settings.models_dir)
         if catalog is None and Path(settings.catalog_path).is_file():
             catalog = Catalog.load(Path(settings.catalog_path))
@@ -144,18 +153,33 @@ class ModelCache:
         if req.file:
             check_format(req.file, allow_pickle=self.settings.allow_pickle_models,
                          pinned_sha256=req.entry.sha256 if req.entry else None)
-        with lease(self.root, req.key, timeout=self.cfg.lock_timeout_s, what=what):
+        bounds = self._bounds()
+        bounds.check_time(what)
+        with lease(self.root, req.key, timeout=max(min(self.cfg.lock_timeout_s, bounds.left()), 0.0), what=what):
             found = self._existing(req)  # another worker may have placed it while we waited
             if found is not None:
                 self._touch(req, found)
                 return self._placed(req, found, downloaded=False)
-            placed = self._place(req, what)
+            placed = self._place(req, what, bounds)
         if self.settings.cache_max_gb:
             protected = {placed.path, *in_use}
             if self.catalog is not None:
                 protected |= {f"{KIND_DIRS[e.kind]}/{e.file}" for e in self.catalog.defaults()}
             evict(self.registry, self.settings.cache_max_gb, protected)
         return placed
+
+    def _bounds(self) -> Bounds:
+        """The time and rate limits of one download (its size caps come in ``_fetch``)."""
+        s = self.settings
+        deadline = self.deadline if self.deadline is not None else time.monotonic() + s.job_timeout_s
+        return Bounds(deadline, self.deadline_name, s.download_min_rate_kbps * 1000, s.download_rate_window_s)
+
+    def _sized(self, bounds: Bounds, req: ModelRequest, folder: Path) -> Bounds:
+        part = folder / req.part_name
+        already = part.stat().st_size if part.is_file() else 0
+        caps = size_caps(folder, catalog_bytes=req.entry.bytes if req.entry else None,
+                         cache_max_gb=self.settings.cache_max_gb, already=already)
+        return dataclasses.replace(bounds, caps=tuple(caps))
 
     def _missing_message(self, req: ModelRequest, ref: str | dict) -> str:
         folder = KIND_DIRS[req.kind]
@@ -178,7 +202,7 @@ class ModelCache:
             noted(self.root, rel)  # this use is written: the job's batched use record skips it
 
     # ------------------------------------------------------------------ placing
-    def _fetch(self, req: ModelRequest, folder: Path, what: str) -> tuple[Fetched, dict]:
+    def _fetch(self, req: ModelRequest, folder: Path, what: str, bounds: Bounds) -> tuple[Fetched, dict]:
         """Download (or convert from the volume) into a hidden part file in ``folder``."""
         src = req.source or {}
         part = folder / req.part_name
@@ -189,32 +213,26 @@ class ModelCache:
             size = part.stat().st_size
             rel = original.relative_to(self.root).as_posix()
             return Fetched(part, sha256_file(part), size, 0, None, rel), {"volume": rel}
+        bounds = self._sized(bounds, req, folder)
         if "hf" in src:
             staging = self.root / STAGING_DIR / req.key
             try:
                 got = fetch_hf(src["hf"], src["file"], src.get("revision"), staging, what=what,
-                               allow_private=allow_private, cfg=self.cfg)
+                               allow_private=allow_private, cfg=self.cfg, bounds=bounds)
                 os.replace(got.path, part)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             got.path = part
             return got, dict(src)
-        if "civitai" in src:
-            url = f"{civitai_base()}/api/download/models/{src['civitai']}"
-            token = os.environ.get("CIVITAI_TOKEN")
-            headers = {"Authorization": f"Bearer {token}"} if token else {}
-            got = fetch_url(url, part, what=what, headers=headers, token_var="CIVITAI_TOKEN",  # noqa: S106 - the variable's name
-                            allow_private=allow_private, expected_sha256=req.sha256,
-                            want_safetensors=not (req.file or "").lower().endswith(MODEL_EXTS[1:]), cfg=self.cfg)
-            return got, dict(src)
-        host = (urlsplit(src["url"]).hostname or "").lower()
-        token_var = "CIVITAI_TOKEN" if host.endswith("civitai.com") else \
-            "HF_TOKEN" if host.endswith("huggingface.co") else None
-        token = os.environ.get(token_var) if token_var else None
-        got = fetch_url(src["url"], part, what=what, headers={"Authorization": f"Bearer {token}"} if token else {},
-                        token_var=token_var, allow_private=allow_private, expected_sha256=req.sha256,
-                        want_safetensors=(req.file or "").lower().endswith(".safetensors"), cfg=self.cfg)
-        return got, {"url": redact_url(src["url"])}
+        # A token goes only to the host it was issued for (cache/credentials.py): a job's
+        # URL on a look-alike host gets none.
+        url = f"{civitai_base()}/api/download/models/{src['civitai']}" if "civitai" in src else src["url"]
+        headers, token_var = auth_headers(url)
+        want = not (req.file or "").lower().endswith(MODEL_EXTS[1:]) if "civitai" in src \
+            else (req.file or "").lower().endswith(".safetensors")
+        got = fetch_url(url, part, what=what, headers=headers, token_var=token_var, allow_private=allow_private,
+                        expected_sha256=req.sha256, want_safetensors=want, cfg=self.cfg, bounds=bounds)
+        return got, (dict(src) if "civitai" in src else {"url": redact_url(src["url"])})
 
     def _find_original(self, req: ModelRequest) -> Path:
         orig = req.entry.convert["file"]
@@ -246,9 +264,9 @@ class ModelCache:
             name = f"{stem}_civitai{vid}{ext}"
         return name
 
-    def _place(self, req: ModelRequest, what: str) -> PlacedModel:
+    def _place(self, req: ModelRequest, what: str, bounds: Bounds) -> PlacedModel:
         folder = self._folder(req.kind)
-        got, source = self._fetch(req, folder, what)
+        got, source = self._fetch(req, folder, what, bounds)
         converted = folder / f"{got.path.name}.conv"
         try:
             name = self._final_name(req, got, folder)
@@ -296,8 +314,12 @@ class ModelCache:
         """Place every referenced model; returns [{kind, name, path, sha256, bytes, downloaded}].
 
         All references are tried; if some fail, one error lists every failure in ``details``
-        and what was placed in ``models``.
+        and what was placed in ``models``. Without a deadline of its own, the whole prefetch
+        ends by PREFETCH_TIMEOUT.
         """
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.settings.prefetch_timeout_s
+            self.deadline_name = "PREFETCH_TIMEOUT"
         todo: list[tuple[str, str | dict]] = []
         for key, items in (refs or {}).items():
             kind = PLURALS.get(key, key)

@@ -20,6 +20,8 @@ from urllib.parse import unquote, urljoin, urlsplit
 import requests
 import urllib3
 
+from cache.bounds import Bounds
+from cache.pinned import PinnedAdapter, ca_bundle, origin
 from cache.safety import check_url, redact, redact_url
 from cache.transfer import (
     DownloadConfig,
@@ -35,7 +37,6 @@ from cache.transfer import (
 from schemas.errors import DownloadFailed, ModelNotFound
 
 USER_AGENT = "runpod-a1111-worker-cache/1"
-MAX_REDIRECTS = 10
 TEXT_TYPES = ("application/json", "text/html", "text/plain", "application/xml", "text/xml")
 
 
@@ -50,6 +51,7 @@ class _Job:
     allow_private: bool
     want_safetensors: bool
     cfg: DownloadConfig
+    bounds: Bounds
 
 
 @dataclass
@@ -75,25 +77,34 @@ def content_disposition_name(header: str | None) -> str | None:
     return name or None
 
 
-def _open(session: requests.Session, url: str, headers: dict[str, str], *, allow_private: bool,
-          cfg: DownloadConfig) -> tuple[requests.Response, str]:
-    """GET following redirects by hand, so every hop is checked against private addresses and
-    credentials are dropped when the host changes (e.g. Civitai -> its storage CDN)."""
-    origin = urlsplit(url).hostname
+def _hop(adapter: PinnedAdapter, url: str, headers: dict[str, str], job: _Job) -> requests.Response:
+    """One GET of ``url``, connected only to the addresses its check returned."""
+    adapter.pin(url, check_url(url, allow_private=job.allow_private))
+    prepared = requests.Request("GET", url, headers=headers).prepare()
+    return adapter.send(prepared, stream=True, verify=ca_bundle(),
+                        timeout=job.bounds.timeout(job.cfg.connect_timeout_s, job.cfg.read_timeout_s))
+
+
+def _open(adapter: PinnedAdapter, url: str, headers: dict[str, str], job: _Job) -> tuple[requests.Response, str]:
+    """GET following redirects by hand: every hop passes the address check, none goes from
+    https to plain http, and credentials stay with the origin (scheme, host and port) they
+    were given for (e.g. not to Civitai's storage CDN, nor to another port of the same host)."""
+    first = origin(url)
     h = dict(headers)
-    for _ in range(MAX_REDIRECTS + 1):
-        check_url(url, allow_private=allow_private)
-        resp = session.get(url, headers=h, stream=True, allow_redirects=False,
-                           timeout=(cfg.connect_timeout_s, cfg.read_timeout_s))
-        if resp.is_redirect and resp.headers.get("location"):
-            nxt = urljoin(url, resp.headers["location"])
-            resp.close()
-            if urlsplit(nxt).hostname != origin:
-                h.pop("Authorization", None)
-            url = nxt
-            continue
-        return resp, url
-    raise DownloadFailed(f"too many redirects downloading {redact_url(url)}")
+    for _ in range(job.cfg.max_redirects + 1):
+        if origin(url) != first:
+            h.pop("Authorization", None)
+        resp = _hop(adapter, url, h, job)
+        if not (resp.is_redirect and resp.headers.get("location")):
+            return resp, url
+        nxt = urljoin(url, resp.headers["location"])
+        resp.close()
+        if urlsplit(url).scheme == "https" and urlsplit(nxt).scheme != "https":
+            raise DownloadFailed(f"{job.what}: {redact_url(url)} redirected to a plain http URL "
+                                 f"({redact_url(nxt)}); refused, downloads stay on https")
+        url = nxt
+    raise DownloadFailed(f"{job.what}: more than {job.cfg.max_redirects} redirects downloading "
+                         f"{redact_url(job.url)}; refused")
 
 
 def _fail_status(resp: requests.Response, url: str, token_var: str | None, what: str) -> None:
@@ -128,13 +139,16 @@ def _stream_body(resp: requests.Response, job: _Job, mode: str, hasher: hashlib.
                  progress: _Progress) -> tuple[hashlib._Hash, int]:
     """Append the body to the part (or rewrite it, by ``mode``); the hash and size after it."""
     pipe = PipelinedHash(hasher)
+    meter = job.bounds.meter(job.what, have)
     try:
         with open(job.part, mode) as f:
-            # raw.read rather than iter_content: same bytes, about half the CPU per byte.
-            while chunk := resp.raw.read(job.cfg.chunk_bytes, decode_content=True):
+            # read1 returns what has arrived instead of waiting for a whole chunk, so the
+            # deadline and the rate are checked even while a server trickles.
+            while chunk := resp.raw.read1(job.cfg.chunk_bytes, decode_content=True):
+                have += len(chunk)
+                meter.feed(have)
                 f.write(chunk)
                 pipe.update(chunk)
-                have += len(chunk)
                 progress.transferred += len(chunk)
     except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:  # stall or cut mid-body
         raise Transient(f"the transfer broke off after {have} bytes ({type(exc).__name__})") from None
@@ -147,14 +161,14 @@ def _stream_body(resp: requests.Response, job: _Job, mode: str, hasher: hashlib.
     return hasher, have
 
 
-def _attempt(session: requests.Session, job: _Job, progress: _Progress) -> tuple[str, int]:
+def _attempt(adapter: PinnedAdapter, job: _Job, progress: _Progress) -> tuple[str, int]:
     """One GET, resuming the part when the server agrees; the whole file's (sha256, size)."""
     hasher, have = _resume_point(job.part, job.cfg.chunk_bytes)
     headers = dict(job.headers)
     if have:
         headers["Range"] = f"bytes={have}-"
     try:
-        resp, final = _open(session, job.url, headers, allow_private=job.allow_private, cfg=job.cfg)
+        resp, final = _open(adapter, job.url, headers, job)
     except requests.RequestException as exc:
         raise Transient(f"cannot connect: {type(exc).__name__}") from None
     with resp:
@@ -172,6 +186,8 @@ def _attempt(session: requests.Session, job: _Job, progress: _Progress) -> tuple
         progress.filename = content_disposition_name(resp.headers.get("content-disposition")) or progress.filename
         length = resp.headers.get("content-length")
         expected_total = have + int(length) if length and length.isdigit() else None
+        if expected_total is not None:
+            job.bounds.check_size(expected_total, job.what, announced=True)
         hasher, have = _stream_body(resp, job, mode, hasher, have, progress)
         if expected_total is not None and have != expected_total:
             raise Transient(f"the body ended after {have} of {expected_total} bytes")
@@ -181,23 +197,23 @@ def _attempt(session: requests.Session, job: _Job, progress: _Progress) -> tuple
 def fetch_url(url: str, part: Path, *, what: str, headers: dict[str, str] | None = None,
               token_var: str | None = None, allow_private: bool = False, expected_sha256: str | None = None,
               want_safetensors: bool = True, cfg: DownloadConfig | None = None,
-              session: requests.Session | None = None) -> Fetched:
+              bounds: Bounds | None = None) -> Fetched:
     """Download ``url`` into ``part`` (resuming an existing part); raises WorkerError subclasses.
 
-    ``what`` names the model in messages. The part is removed when this raises.
-    """
+    ``what`` names the model in messages; ``bounds`` limits time, rate and size. The part is
+    removed when this raises."""
     cfg = cfg or DownloadConfig.from_env()
     job = _Job(url, part, what, {"User-Agent": USER_AGENT, "Accept-Encoding": "identity", **(headers or {})},
-               token_var, allow_private, want_safetensors, cfg)
+               token_var, allow_private, want_safetensors, cfg, bounds or Bounds())
     progress = _Progress(url)
-    sess = session or requests.Session()
+    adapter = PinnedAdapter()
     try:
-        digest, size = with_retries(lambda: _attempt(sess, job, progress), cfg, what=what, source=redact_url(url))
+        digest, size = with_retries(lambda: _attempt(adapter, job, progress), cfg, what=what,
+                                    source=redact_url(url), bounds=job.bounds)
         verify_sha256(digest, expected_sha256, what)
     except BaseException:
         part.unlink(missing_ok=True)
         raise
     finally:
-        if session is None:
-            sess.close()
+        adapter.close()
     return Fetched(part, digest, size, progress.transferred, progress.filename, redact_url(progress.url))

@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from cache.bounds import Bounds
 from cache.safety import check_url, redact
 from cache.transfer import DownloadConfig, Fetched, Transient, auth_hint, disk_full, sha256_file, with_retries
 from schemas.errors import DownloadFailed, ModelNotFound
@@ -98,13 +99,13 @@ def _broken_transfer(exc: Exception, staging: Path, file: str) -> Exception | No
     return None
 
 
-def _attempt(hub: _HubFile, staging: Path, token: str | None, cfg: DownloadConfig) -> Path:
+def _attempt(hub: _HubFile, staging: Path, token: str | None, cfg: DownloadConfig, bounds: Bounds) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
         return Path(hf_hub_download(repo_id=hub.repo, filename=hub.file, revision=hub.revision,
                                     local_dir=str(staging), token=token, endpoint=hub.base,
-                                    etag_timeout=cfg.read_timeout_s))
+                                    etag_timeout=bounds.timeout(cfg.connect_timeout_s, cfg.read_timeout_s)[1]))
     except Exception as exc:
         mapped = _refusal(exc, hub)
         if mapped is None:
@@ -115,7 +116,7 @@ def _attempt(hub: _HubFile, staging: Path, token: str | None, cfg: DownloadConfi
 
 
 def fetch_hf(repo: str, file: str, revision: str | None, staging: Path, *, what: str, allow_private: bool,
-             cfg: DownloadConfig | None = None) -> Fetched:
+             cfg: DownloadConfig | None = None, bounds: Bounds | None = None) -> Fetched:
     """Download ``repo``/``file`` at ``revision`` into ``staging``; raises WorkerError subclasses.
 
     ``staging`` is removed when this raises."""
@@ -123,12 +124,14 @@ def fetch_hf(repo: str, file: str, revision: str | None, staging: Path, *, what:
 
     disable_progress_bars()  # a progress bar per MB floods the worker's log
     cfg = cfg or DownloadConfig.from_env()
+    bounds = bounds or Bounds()
     hub = _HubFile(repo, file, revision, what, endpoint())
     check_url(hub.url, allow_private=allow_private)
     token = os.environ.get("HF_TOKEN") or None
     try:
-        path = with_retries(lambda: _attempt(hub, staging, token, cfg), cfg, what=what,
-                            source=f"{hub.shown} from {hub.base}", attempts=min(MAX_ATTEMPTS, cfg.attempts))
+        path = with_retries(lambda: _attempt(hub, staging, token, cfg, bounds), cfg, what=what,
+                            source=f"{hub.shown} from {hub.base}", attempts=min(MAX_ATTEMPTS, cfg.attempts),
+                            bounds=bounds)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

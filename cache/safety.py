@@ -1,7 +1,7 @@
 """Checks that keep downloads and file names from reaching outside the model volume.
 
 Pure checks raise ``ValidationFailed`` (the caller named something we refuse); nothing here
-touches the network except ``check_url``'s DNS lookup.
+touches the network except the DNS lookup of ``resolve`` (through ``check_url``).
 """
 
 from __future__ import annotations
@@ -76,24 +76,34 @@ def _blocked_address(addr: str) -> bool:
             or ip.is_unspecified or not ip.is_global)
 
 
-def check_url(url: str, *, allow_private: bool) -> None:
-    """Only http(s), and no loopback/private/link-local targets unless DOWNLOAD_ALLOW_PRIVATE=1
-    (a job must not make the worker fetch from its own network, e.g. a metadata service)."""
+def resolve(host: str, port: int) -> list[str]:
+    """The host's addresses, in the resolver's order, each once. The one lookup a download
+    makes: the connection goes to these addresses (cache/pinned.py), so a name that answers
+    a public address to the check and a private one to the connection gets nowhere."""
+    infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def check_url(url: str, *, allow_private: bool) -> list[str]:
+    """The addresses ``url``'s host may be reached at: https only, and no loopback/private/
+    link-local targets, unless DOWNLOAD_ALLOW_PRIVATE=1 (a job must not make the worker fetch
+    from its own network, e.g. a metadata service, nor fetch in clear text)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValidationFailed(f"download URL {redact_url(url)!r} is not an http(s) URL")
-    if allow_private:
-        return
+    if parts.scheme != "https" and not allow_private:
+        raise ValidationFailed(f"download URL {redact_url(url)!r} is plain http; only https is allowed "
+                               "(plain http only with DOWNLOAD_ALLOW_PRIVATE=1, for local test servers)")
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                                   proto=socket.IPPROTO_TCP)
-    except socket.gaierror as exc:  # a network problem, not a bad request
-        raise DownloadFailed(f"download host {parts.hostname!r} cannot be resolved ({exc.strerror}); check the "
+        addrs = resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except (socket.gaierror, UnicodeError) as exc:  # a network problem, not a bad request
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise DownloadFailed(f"download host {parts.hostname!r} cannot be resolved ({reason}); check the "
                              "worker's network or the URL") from None
-    for info in infos:
-        if _blocked_address(str(info[4][0])):
-            raise ValidationFailed(f"download host {parts.hostname!r} is a loopback, private or link-local address; "
-                                   "refused (set DOWNLOAD_ALLOW_PRIVATE=1 to allow it)")
+    if not allow_private and (not addrs or any(_blocked_address(a) for a in addrs)):
+        raise ValidationFailed(f"download host {parts.hostname!r} is a loopback, private or link-local address; "
+                               "refused (set DOWNLOAD_ALLOW_PRIVATE=1 to allow it)")
+    return addrs
 
 
 def redact_url(url: str) -> str:

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from cache.bounds import Bounds
 from cache.safety import redact
 from schemas.errors import DownloadFailed
 
@@ -39,6 +40,7 @@ class DownloadConfig:
     read_timeout_s: float = 60.0
     chunk_bytes: int = 1 << 20
     lock_timeout_s: float = 3600.0
+    max_redirects: int = 5
 
     @classmethod
     def from_env(cls) -> DownloadConfig:
@@ -68,11 +70,14 @@ class Transient(Exception):
     """A failure worth another attempt (network, stall, truncation, 429/5xx)."""
 
 
-def retrying(cfg: DownloadConfig, what: str, attempts: int) -> Retrying:
-    """Up to ``attempts`` tries with exponential backoff; only Transient failures are retried."""
+def retrying(cfg: DownloadConfig, what: str, attempts: int, bounds: Bounds | None = None) -> Retrying:
+    """Up to ``attempts`` tries with exponential backoff; only Transient failures are retried,
+    and no pause between them reaches past the deadline."""
+    backoff = wait_exponential(multiplier=cfg.backoff_s, max=cfg.backoff_max_s)
+    left = (bounds or Bounds()).left
     return Retrying(
         stop=stop_after_attempt(attempts),
-        wait=wait_exponential(multiplier=cfg.backoff_s, max=cfg.backoff_max_s),
+        wait=lambda rs: max(0.0, min(backoff(rs), left())),
         retry=retry_if_exception_type(Transient),
         before_sleep=lambda rs: log.info("download of %s: %s; retrying (attempt %d of %d)", what,
                                          rs.outcome.exception(), rs.attempt_number + 1, attempts),
@@ -80,12 +85,19 @@ def retrying(cfg: DownloadConfig, what: str, attempts: int) -> Retrying:
 
 
 def with_retries(attempt: Callable[[], T], cfg: DownloadConfig, *, what: str, source: str,
-                 attempts: int | None = None) -> T:
+                 attempts: int | None = None, bounds: Bounds | None = None) -> T:
     """``attempt()`` until it succeeds or fails for good. When the attempts run out, the last
-    transient failure becomes one DownloadFailed naming ``source`` (already redacted)."""
+    transient failure becomes one DownloadFailed naming ``source`` (already redacted); once
+    the deadline of ``bounds`` has passed, no attempt starts (DownloadFailed saying so)."""
     n = attempts or cfg.attempts
+    limits = bounds or Bounds()
+
+    def bounded() -> T:
+        limits.check_time(what)
+        return attempt()
+
     try:
-        return retrying(cfg, what, n)(attempt)
+        return retrying(cfg, what, n, limits)(bounded)
     except RetryError as exc:
         last = exc.last_attempt.exception()
         raise DownloadFailed(f"{what}: downloading {source} failed after {n} attempts: {redact(str(last))}") \

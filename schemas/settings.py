@@ -40,6 +40,13 @@ class Settings:
     max_result_mb: float
     allow_pickle_models: bool
     download_allow_private: bool
+    # Bounds on downloads (cache/bounds.py): a job's downloads and lease waits end by its
+    # JOB_TIMEOUT; a prefetch job's by PREFETCH_TIMEOUT (seconds). A transfer slower than
+    # DOWNLOAD_MIN_RATE_KBPS (kB/s, 0 = no minimum) over DOWNLOAD_RATE_WINDOW_S seconds is
+    # given up: the defaults are far below any real CDN and only stop a trickling server.
+    prefetch_timeout_s: float = 3600.0
+    download_min_rate_kbps: float = 50.0
+    download_rate_window_s: float = 30.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -59,4 +66,7 @@ class Settings:
             max_result_mb=_float_env("MAX_RESULT_MB", 20.0) or 20.0,
             allow_pickle_models=_flag_env("ALLOW_PICKLE_MODELS"),
             download_allow_private=_flag_env("DOWNLOAD_ALLOW_PRIVATE"),
+            prefetch_timeout_s=_float_env("PREFETCH_TIMEOUT", 3600.0) or 3600.0,
+            download_min_rate_kbps=max(_float_env("DOWNLOAD_MIN_RATE_KBPS", 50.0) or 0.0, 0.0),
+            download_rate_window_s=max(_float_env("DOWNLOAD_RATE_WINDOW_S", 30.0) or 30.0, 0.1),
         )

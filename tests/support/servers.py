@@ -30,13 +30,21 @@ from requests.structures import CaseInsensitiveDict
 Reply = tuple[int, str, bytes, int | None]
 
 WRITE_CHUNK = 256 * 1024
+ANNOUNCE_MAX = 32 * 1024 * 1024  # an "announce" reply ends here, so a test of old code ends too
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: Mapping[str, str]  # case-insensitive, as HTTP headers are
 
 
 class _LocalServer:
     """A ThreadingHTTPServer in a daemon thread, behind TLS when given a folder for its CA;
     subclasses answer GET and HEAD in ``_handle``."""
 
-    def __init__(self, host: str = "127.0.0.1", *, ca_dir: Path | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", *, ca_dir: Path | None = None, names: tuple[str, ...] = ()) -> None:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -59,7 +67,7 @@ class _LocalServer:
             self.ca_pem = Path(ca_dir) / "ca.pem"
             ca.cert_pem.write_to_path(str(self.ca_pem))
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ca.issue_cert(host).configure_cert(ctx)
+            ca.issue_cert(host, *names).configure_cert(ctx)
             self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
             scheme = "https"
         self.url = f"{scheme}://{host}:{self.port}"
@@ -98,17 +106,21 @@ class _LocalServer:
 class FileServer(_LocalServer):
     """Serves ``files[path]`` over HTTPS: bytes (200, application/octet-stream) or a ``Reply``.
 
-    ``forbidden`` paths answer 403, paths not in ``files`` 404. ``gets`` lists the request
-    paths (query included) answered from ``files``, in order; ``hits`` counts every GET per
-    path (query dropped), answered or not, so a test can show nothing was even asked for.
+    ``forbidden`` paths answer 403, ``redirects`` paths 302 to their URL, other paths not in
+    ``files`` 404. ``gets`` lists the request paths (query included) answered from ``files``,
+    in order; ``hits`` counts every GET per path (query dropped), answered or not, so a test
+    can show nothing was even asked for; ``seen`` records every GET with its headers. ``names``
+    are host names its certificate is valid for besides 127.0.0.1 (for a test's stand-in DNS).
     """
 
-    def __init__(self, ca_dir: Path) -> None:
-        super().__init__(ca_dir=ca_dir)
+    def __init__(self, ca_dir: Path, *, names: tuple[str, ...] = ()) -> None:
+        super().__init__(ca_dir=ca_dir, names=names)
         self.files: dict[str, bytes | Reply] = {}
         self.forbidden: set[str] = set()
+        self.redirects: dict[str, str] = {}
         self.gets: list[str] = []
         self.hits: dict[str, int] = {}
+        self.seen: list[Seen] = []
         self._lock = threading.Lock()
 
     def _handle(self, h: BaseHTTPRequestHandler, *, head: bool) -> None:
@@ -116,6 +128,10 @@ class FileServer(_LocalServer):
         if not head:
             with self._lock:
                 self.hits[path] = self.hits.get(path, 0) + 1
+                self.seen.append(Seen(h.command, h.path, CaseInsensitiveDict(h.headers.items())))
+        if path in self.redirects:
+            self._send_plain(h, 302, b"", "text/plain", {"Location": self.redirects[path]})
+            return
         if path in self.forbidden:
             h.send_error(403)
             return
@@ -141,13 +157,6 @@ class FileServer(_LocalServer):
 
 
 @dataclass
-class Seen:
-    method: str
-    path: str
-    headers: Mapping[str, str]  # case-insensitive, as HTTP headers are
-
-
-@dataclass
 class _Route:
     data: bytes
     behaviours: list[Any]
@@ -163,7 +172,12 @@ class ModelServer(_LocalServer):
 
     "ok" (200, or 206 for a Range request), ("status", code, body, content_type),
     "truncate" (announce the full length, send half, close: a connection cut mid-body),
-    ("stall", seconds) (send half, then go silent: a stalled transfer), ("redirect", url).
+    ("stall", seconds) (send half, then go silent: a stalled transfer), ("redirect", url),
+    ("trickle", bytes_per_s, seconds) (announce the full length, then send a byte at a time at
+    that rate for at most that long, then close: a server that keeps a download alive without
+    ever finishing it), ("announce", length) (announce ``length`` bytes, then send the data
+    over and over until the client hangs up or ANNOUNCE_MAX bytes went out: a server claiming
+    a huge file).
 
     It also answers the Hugging Face ``/{repo}/resolve/{revision}/{file}`` routes that
     ``hf_hub_download`` calls (HEAD for metadata, then GET), with the headers the Hub sends.
@@ -215,6 +229,8 @@ class ModelServer(_LocalServer):
             return self._send_plain(h, code, body, ctype, {})
         if isinstance(behaviour, tuple) and behaviour[0] == "redirect":
             return self._send_plain(h, 302, b"", "text/plain", {"Location": behaviour[1]})
+        if isinstance(behaviour, tuple) and behaviour[0] in ("trickle", "announce"):
+            return self._misbehave(h, path, route, behaviour)
         data = route.data
         start, status = 0, 200
         rng = h.headers.get("Range")
@@ -236,7 +252,23 @@ class ModelServer(_LocalServer):
             time.sleep(behaviour[1])
         h.close_connection = True
 
-    def _write(self, h: BaseHTTPRequestHandler, path: str, data: bytes, delay: float) -> None:
+    def _misbehave(self, h: BaseHTTPRequestHandler, path: str, route: _Route, behaviour: tuple) -> None:
+        announced = behaviour[1] if behaviour[0] == "announce" else len(route.data)
+        self._send_head(h, 200, route.content_type, announced, route.headers)
+        h.close_connection = True
+        if h.command == "HEAD":
+            return
+        if behaviour[0] == "announce":
+            while self.sent[path] < ANNOUNCE_MAX and self._write(h, path, route.data, 0.0):
+                pass
+            return
+        _, rate, seconds = behaviour
+        end = time.monotonic() + seconds
+        for i in range(len(route.data)):
+            if time.monotonic() >= end or not self._write(h, path, route.data[i:i + 1], 1 / rate):
+                return
+
+    def _write(self, h: BaseHTTPRequestHandler, path: str, data: bytes, delay: float) -> bool:
         view = memoryview(data)
         try:
             for i in range(0, len(view), WRITE_CHUNK):
@@ -245,5 +277,6 @@ class ModelServer(_LocalServer):
                     self.sent[path] += len(view[i:i + WRITE_CHUNK])
                 if delay:
                     time.sleep(delay)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            return False  # the client hung up
+        return True
