@@ -32,7 +32,8 @@ _SECRET_NAME = re.compile(r"token|key|sig|auth|credential|secret|passw|session|^
 _URL = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]{0,31}://[^\s'\"<>`]+")
 _PAIR = re.compile(r"(?<![\w.-])([\w.-]+)=([^\s&'\"#<>;,]+)")
 _QUOTED_PAIR = re.compile(r"""(["'])([\w.-]+)\1(\s*:\s*)(["'])([^"'\n]*)\4""")
-_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]+")
+# 8+ characters: "a flag bearer holding it" is a prompt, not a credential.
+_BEARER = re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}")
 
 
 def secret_values() -> list[str]:
