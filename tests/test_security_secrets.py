@@ -118,6 +118,7 @@ def test_log_filter_redacts_any_logger_through_its_handler(monkeypatch, caplog):
     """install_log_redaction on a handler covers loggers it never named (here a library's)."""
     monkeypatch.setenv("HF_TOKEN", ENV_SECRETS["HF_TOKEN"])
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="urllib3")  # importing runpod sets it to WARNING
     assert caplog.handler in logging.getLogger().handlers
     install_log_redaction()  # as handler.py's __main__ does, on the root logger and its handlers
     try:
