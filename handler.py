@@ -38,6 +38,7 @@ from output.delivery import deliver, preflight
 from schemas.errors import A1111Unavailable, JobTimeout, WorkerError, error_result
 from schemas.job import Job, parse_job, ref_value
 from schemas.output import Packaged
+from schemas.redact import install_log_redaction, redact
 from schemas.settings import Settings
 
 log = logging.getLogger("worker")
@@ -187,10 +188,10 @@ def run_job(job: dict) -> dict:
         return run_txt2img(job, parsed, settings, started)
     except A1111Unavailable as exc:
         exc = recheck_unavailable(exc)  # a dead A1111 process: log tail + refresh_worker
-        log.error("job %s: A1111 unavailable: %s", job_id, exc.message)
+        log.error("job %s: A1111 unavailable: %s", job_id, redact(exc.message))
         return error_result(exc)
     except WorkerError as exc:
-        log.info("job %s failed: %s: %s", job_id, exc.error_type, exc.message[:300])
+        log.info("job %s failed: %s: %s", job_id, exc.error_type, redact(exc.message)[:300])
         return error_result(exc)
     except Exception as exc:  # noqa: BLE001 - error_result logs it and answers one sentence
         return error_result(exc)
@@ -250,6 +251,7 @@ if __name__ == "__main__":
     import runpod
 
     logging.getLogger().setLevel(logging.INFO)
+    install_log_redaction()  # on the root handler runpod sets up: every logger's lines, libraries' too
     try:
         _settings = Settings.from_env()
     except ValueError as exc:  # every job reports it too, as a clear error

@@ -27,7 +27,7 @@ from cache.credentials import auth_headers
 from cache.download import DownloadConfig, Fetched, fetch_url
 from cache.evict import evict
 from cache.hf import fetch_hf, sha256_file
-from cache.inspect import NotSafetensors, model_family, safetensors_header
+from cache.inspect import NotSafetensors, family_from_header, safetensors_header
 from cache.refs import ModelRequest, parse_ref, source_key
 from cache.registry import Registry, lease, now
 from cache.safety import MODEL_EXTS, check_format, inside, redact_url, safe_name
@@ -126,11 +126,15 @@ class ModelCache:
         if sha is None:
             sha = (self.registry.entries().get(rel) or {}).get("sha256")
         family = req.entry.family if req.entry else None
-        if family is None and path.name.endswith(".safetensors"):
-            try:
-                family = model_family(path)
-            except (OSError, ValueError):
-                family = None
+        if path.name.lower().endswith(".safetensors"):
+            try:  # a file on the volume is checked as strictly as a download: A1111 would fail on it later
+                header = safetensors_header(path)
+                family = family or family_from_header(header)
+            except NotSafetensors as exc:
+                raise ValidationFailed(f"{req.kind} file MODELS_DIR/{rel} is not a valid .safetensors file ({exc}); "
+                                       "replace or remove it") from None
+            except OSError:
+                pass  # unreadable now: the family stays unknown, A1111 reports the file itself
         return PlacedModel(req.kind, path.stem, rel, path, sha, path.stat().st_size, downloaded, family)
 
     def find_local(self, kind: str, ref: str | dict) -> PlacedModel | None:

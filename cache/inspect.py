@@ -11,15 +11,42 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from schemas.messages import got
+
 # A real header is a few MB at most (SDXL checkpoints: ~200 KB); anything larger is not a
 # safetensors file (e.g. the first bytes of a pickle or HTML read as a huge length).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
-               "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8, "F8_E8M0": 1, "F4": 1}
+# Bits per element of every dtype the safetensors format defines (F4 and F6 pack below a byte).
+DTYPE_BITS = {"BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8,
+              "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+              "C64": 64, "F64": 64, "I64": 64, "U64": 64}
+TENSOR_KEYS = ("dtype", "shape", "data_offsets")
 
 
 class NotSafetensors(ValueError):
     """The file is not a complete, well-formed safetensors file."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads would keep the last of two equal keys; the loader that reads the file later may not.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise NotSafetensors(f"the safetensors header names {got(key)} twice")
+        out[key] = value
+    return out
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except NotSafetensors:
+        raise
+    except RecursionError:  # a real header is three levels deep; this one is thousands
+        raise NotSafetensors("the safetensors header is nested too deeply to be one") from None
+    # ValueError: JSONDecodeError, and integers past Python's digit limit.
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise NotSafetensors(f"the safetensors header is not valid JSON ({str(exc)[:200]})") from None
 
 
 def read_header_bytes(path: Path) -> tuple[dict[str, Any], int]:
@@ -35,42 +62,74 @@ def read_header_bytes(path: Path) -> tuple[dict[str, Any], int]:
             hint = " (it looks like a JSON/HTML page)" if start.lstrip()[:1] in ("{", "<", "[") else ""
             raise NotSafetensors(f"no safetensors header at the start of the file{hint}")
         raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NotSafetensors(f"the safetensors header is not valid JSON ({exc})") from None
+    header = _parse(raw)
     if not isinstance(header, dict):
         raise NotSafetensors("the safetensors header is not a JSON object")
     return header, n
 
 
-def safetensors_header(path: Path) -> dict[str, Any]:
-    """The header of a safetensors file ({tensor: {dtype, shape, data_offsets}, "__metadata__"?}).
+def _count(value: Any) -> bool:
+    # bool is an int to Python, not to the format.
+    return type(value) is int and value >= 0
 
-    Also checks that the tensors' byte ranges exactly fill the rest of the file, which
-    catches a truncated download that happens to start with a valid header.
+
+def _elements(shape: list[int], limit: int) -> int:
+    """The product of ``shape``, or any number above ``limit`` once it is known to exceed it
+    (a hostile shape of huge dimensions must not cost a huge multiplication)."""
+    if 0 in shape:
+        return 0
+    n = 1
+    for dim in shape:
+        n *= dim
+        if n > limit:
+            break
+    return n
+
+
+def _tensor_span(name: str, info: Any, data_size: int) -> tuple[int, int]:
+    """The (begin, end) byte range of one tensor entry, after checking every field of it."""
+    shown = f"tensor {got(name)}"
+    if not isinstance(info, dict) or not set(TENSOR_KEYS) <= info.keys():
+        raise NotSafetensors(f"{shown} is not an object with {', '.join(TENSOR_KEYS)}")
+    dtype, shape, offsets = (info[k] for k in TENSOR_KEYS)
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        raise NotSafetensors(f"{shown}: dtype {got(dtype)} is not a safetensors dtype; allowed: "
+                             f"{', '.join(DTYPE_BITS)}")
+    if not isinstance(shape, list) or not all(_count(d) for d in shape):
+        raise NotSafetensors(f"{shown}: shape {got(shape)} is not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_count(o) for o in offsets) \
+            or offsets[0] > offsets[1]:
+        raise NotSafetensors(f"{shown}: data_offsets {got(offsets)} is not [begin, end] with 0 <= begin <= end")
+    begin, end = offsets
+    bits = DTYPE_BITS[dtype] * _elements(shape, data_size * 8)
+    if bits % 8 or end - begin != bits // 8:
+        raise NotSafetensors(f"{shown}: {end - begin} bytes do not match its shape and dtype")
+    return begin, end
+
+
+def safetensors_header(path: Path) -> dict[str, Any]:
+    """The header of a safetensors file ({tensor: {dtype, shape, data_offsets}, "__metadata__"?}),
+    checked as strictly as the format is defined; raises NotSafetensors.
+
+    The tensors' byte ranges must fill the rest of the file exactly, one after the other:
+    that also catches a truncated download that happens to start with a valid header.
     """
     path = Path(path)
     header, n = read_header_bytes(path)
     data_size = path.stat().st_size - 8 - n
-    end = 0
+    spans: list[tuple[int, int, str]] = []
     for key, info in header.items():
         if key == "__metadata__":
-            if not isinstance(info, dict):
-                raise NotSafetensors("__metadata__ is not an object")
+            if not isinstance(info, dict) or not all(isinstance(v, str) for v in info.values()):
+                raise NotSafetensors("__metadata__ is not an object of string values")
             continue
-        if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
-            raise NotSafetensors(f"tensor entry {key!r} lacks dtype/shape/data_offsets")
-        start, stop = info["data_offsets"]
-        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop):
-            raise NotSafetensors(f"tensor {key!r} has invalid data_offsets")
-        count = 1
-        for dim in info["shape"]:
-            count *= int(dim)
-        width = DTYPE_BYTES.get(str(info["dtype"]))
-        if width is not None and info["dtype"] != "F4" and stop - start != count * width:
-            raise NotSafetensors(f"tensor {key!r}: {stop - start} bytes do not match its shape and dtype")
-        end = max(end, stop)
+        spans.append((*_tensor_span(key, info, data_size), key))
+    end = 0
+    for begin, stop, key in sorted(spans):
+        if begin != end:
+            raise NotSafetensors(f"tensor {got(key)} starts at data byte {begin}, not {end}: tensors overlap or "
+                                 "leave a gap")
+        end = stop
     if end != data_size:
         raise NotSafetensors(f"the header describes {end} data bytes but the file holds {data_size} "
                              "(truncated or padded file)")
@@ -143,6 +202,7 @@ def family_from_header(header: dict[str, Any]) -> str | None:
 
 
 def model_family(path: Path) -> str | None:
-    """The family of a safetensors model file, from its header only; None when unknown."""
-    header, _ = read_header_bytes(Path(path))
-    return family_from_header(header)
+    """The family of a safetensors model file, from its header only; None when unknown.
+
+    Raises NotSafetensors for a file that is not a valid one (its family would be a guess)."""
+    return family_from_header(safetensors_header(Path(path)))

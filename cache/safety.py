@@ -11,16 +11,14 @@ import os
 import re
 import socket
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from schemas.errors import DownloadFailed, ValidationFailed
+from schemas.redact import redact, redact_url  # noqa: F401 - the one pass; the cache imports both from here
 
 SAFE_EXTS = (".safetensors",)
 PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")
 MODEL_EXTS = SAFE_EXTS + PICKLE_EXTS
-TOKEN_VARS = ("HF_TOKEN", "CIVITAI_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-# Query parameters that carry credentials (Civitai ?token=, signed CDN URLs).
-_SECRET_PARAM = re.compile(r"token|key|sig|auth|credential|secret|password|session", re.I)
 MAX_NAME_BYTES = 200
 _NAME_RE = re.compile(r"^[^/\\\x00-\x1f]{1,200}$")
 
@@ -105,29 +103,3 @@ def check_url(url: str, *, allow_private: bool) -> list[str]:
                                "refused (set DOWNLOAD_ALLOW_PRIVATE=1 to allow it)")
     return addrs
 
-
-def redact_url(url: str) -> str:
-    """The URL without user info and with credential-like query values replaced by ***."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable URL>"
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    if not parts.username and not parts.password and not parts.fragment \
-            and not any(_SECRET_PARAM.search(k) for k, _ in pairs):
-        return redact(url)  # unchanged, so names derived from it equal sha256(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    query = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v)
-                       for k, v in pairs])
-    return redact(urlunsplit((parts.scheme, netloc, parts.path, query, "")))
-
-
-def redact(text: str) -> str:
-    """``text`` with the values of the token environment variables replaced by ***."""
-    for var in TOKEN_VARS:
-        value = os.environ.get(var, "")
-        if len(value) >= 4:
-            text = text.replace(value, "***")
-    return text

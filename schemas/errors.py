@@ -15,7 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.redact import RedactingFilter, redact, redact_data
+
 log = logging.getLogger(__name__)
+# Its one line is a traceback, whose messages may quote the job's input.
+log.addFilter(RedactingFilter())
 
 
 class WorkerError(Exception):
@@ -39,13 +43,14 @@ class WorkerError(Exception):
         self.extra = extra
 
     def to_result(self) -> dict[str, Any]:
+        """The job result; every string in it is redacted (messages echo the job's input)."""
         result: dict[str, Any] = {"error": self.message, "error_type": self.error_type}
         if self.details:
             result["details"] = self.details
         result.update(self.extra)
         if self.refresh_worker:
             result["refresh_worker"] = True
-        return result
+        return redact_data(result)
 
 
 # Bad input or missing models: the caller can fix these, the worker stays as it is.
@@ -159,6 +164,6 @@ def error_result(exc: BaseException) -> dict[str, Any]:
     # sentence. The worker itself is still healthy, so no refresh.
     log.exception("unexpected error while running a job")
     return {
-        "error": f"internal error: {type(exc).__name__}: {exc}"[:500],
+        "error": redact(f"internal error: {type(exc).__name__}: {exc}"[:2000])[:500],
         "error_type": "internal",
     }

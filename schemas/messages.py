@@ -1,10 +1,14 @@
 """How validation messages show the caller's values and where they are: short, one line,
-and safe for any input (a 10,000-character name, a value nested a thousand levels deep)."""
+redacted, and safe for any input (a 10,000-character name, a value nested a thousand levels deep)."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import reprlib
 from typing import Any
+
+from schemas.redact import redact
 
 
 def loc_text(loc: tuple[Any, ...]) -> str:
@@ -36,7 +40,36 @@ REPR = reprlib.Repr()
 REPR.maxlevel, REPR.maxstring, REPR.maxother = 3, 60, 60
 
 
+# REPR shows a long string's first and last few characters only, so only those ends (with room
+# for a credential that starts in them) need the redaction pass: it is linear, but not free.
+_ENDS = 2048
+
+
+def _shown_keys(value: dict[Any, Any]) -> list[Any]:
+    # The keys REPR shows (the smallest few), and one more so that it still prints "...".
+    try:
+        return heapq.nsmallest(REPR.maxdict + 1, value)
+    except TypeError:  # keys that do not compare: REPR shows the first few
+        return list(itertools.islice(value, REPR.maxdict + 1))
+
+
+def _redacted(value: Any, depth: int) -> Any:
+    """What REPR will show of ``value``, redacted; only as deep as REPR shows (maxlevel):
+    deeper levels print as "..." and may be ~1000 deep."""
+    if isinstance(value, str):
+        return redact(value if len(value) <= 2 * _ENDS else value[:_ENDS] + "\n" + value[-_ENDS:])
+    if depth >= REPR.maxlevel:
+        return value
+    if isinstance(value, dict):
+        return {_redacted(k, depth + 1): _redacted(value[k], depth + 1) for k in _shown_keys(value)}
+    if isinstance(value, list | tuple):
+        items = [_redacted(v, depth + 1) for v in value[:max(REPR.maxlist, REPR.maxtuple) + 1]]
+        return tuple(items) if isinstance(value, tuple) else items
+    return value
+
+
 def got(value: Any) -> str:
+    # Redacted before it is shortened: reprlib keeps a long string's end, where a ?token= value sits.
     # reprlib, not repr: a value nested ~1000 deep (json.loads allows it) would exhaust the recursion.
-    text = REPR.repr(value)
+    text = REPR.repr(_redacted(value, 0))
     return text if len(text) <= 60 else text[:57] + "..."

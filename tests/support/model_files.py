@@ -62,3 +62,12 @@ def write_safetensors_header(path: Path, tensors: Mapping[str, tuple[str, list[i
     with path.open("wb") as fh:
         fh.write(len(raw).to_bytes(8, "little") + raw)
         fh.truncate(8 + len(raw) + offset)
+
+
+def framed_safetensors(header: Mapping | bytes, data: bytes | int = b"") -> bytes:
+    """A file in the safetensors framing (8-byte length, JSON header, data) around any header,
+    valid or not: the malformed files the header checks must refuse. ``header`` is a mapping
+    (dumped as JSON) or the raw header bytes; ``data`` the data section or its size in zeros."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    body = bytes(data) if isinstance(data, int) else data
+    return len(raw).to_bytes(8, "little") + raw + body
