@@ -222,7 +222,7 @@ class ModelCache:
             staging = self.root / STAGING_DIR / req.key
             try:
                 got = fetch_hf(src["hf"], src["file"], src.get("revision"), staging, what=what,
-                               allow_private=allow_private, cfg=self.cfg, bounds=bounds)
+                               allow_private=allow_private, cfg=self.cfg, bounds=bounds, expected_sha256=req.sha256)
                 os.replace(got.path, part)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

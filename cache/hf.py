@@ -1,27 +1,59 @@
-"""Hugging Face downloads through huggingface-hub, so HF_TOKEN, HF_ENDPOINT, revisions, the
-user's HF cache and Xet storage behave as Hugging Face users expect.
+"""Hugging Face downloads: the Hub's metadata through huggingface-hub, the body through our
+own streamed download, hashed as it arrives.
 
-The file is fetched into a staging folder on the volume (``MODELS_DIR/.downloads/...``, not
-scanned by A1111), hashed, and handed back for verification and an atomic rename into place.
-A file already in the local HF cache (HF_HOME) is copied from there instead of downloaded.
+huggingface-hub asks the Hub about the file (HF_TOKEN or the stored login, HF_ENDPOINT,
+revisions, and the Hub's gated / missing-file / missing-revision answers). For an LFS file the
+Hub reports the file's sha256 (``X-Linked-Etag`` / ``ETag``). huggingface-hub 2.4.0 does not
+check that sha256 when it downloads over HTTP: ``http_get`` in ``huggingface_hub/file_download.py``
+only compares the byte count, and the only sha256 it computes (``sha_fileobj`` in
+``_hf_hub_download_to_local_dir``) is a second read of a file already lying in ``local_dir``.
+Hashing after ``hf_hub_download`` would read every model from the volume once more, so the body
+goes through ``cache.download.fetch_url`` instead, which hashes while it writes and refuses a
+body whose sha256 is not the one the Hub reported: the file is written once and never read
+back. The same path gives Hugging Face downloads the deadlines, rate floor, size caps, pinned
+addresses and token scoping of every other download. A small non-LFS file (no sha256 from the
+Hub) is hashed the same way, as it streams; there is just nothing to compare it with.
+
+A file already in the local HF cache (HF_HOME) is copied from there, hashed during the copy.
+The file lands in a staging folder on the volume (``MODELS_DIR/.downloads/...``, not scanned by
+A1111) and is handed back for an atomic rename into place.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
+import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
 
 from cache.bounds import Bounds
+from cache.credentials import trusted_for
+from cache.download import fetch_url
 from cache.safety import check_url, redact
-from cache.transfer import DownloadConfig, Fetched, Transient, auth_hint, disk_full, sha256_file, with_retries
+from cache.transfer import (
+    DownloadConfig,
+    Fetched,
+    Transient,
+    auth_hint,
+    disk_full,
+    sha256_file,
+    verify_sha256,
+    with_retries,
+)
 from schemas.errors import DownloadFailed, ModelNotFound
 
-# huggingface-hub already retries the metadata call with backoff and resumes a broken body
-# itself; our loop only covers what escapes that, so it stays short.
-MAX_ATTEMPTS = 2
+__all__ = ["endpoint", "fetch_hf", "sha256_file"]  # sha256_file: re-exported for cache/__init__.py
+
+log = logging.getLogger(__name__)
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+HF_TOKEN_VAR = "HF_TOKEN"  # noqa: S105 (a variable name, not a secret): the variable named in 401/403 hints and scoped by cache/credentials.py
 
 
 def endpoint() -> str:
@@ -99,42 +131,98 @@ def _broken_transfer(exc: Exception, staging: Path, file: str) -> Exception | No
     return None
 
 
-def _attempt(hub: _HubFile, staging: Path, token: str | None, cfg: DownloadConfig, bounds: Bounds) -> Path:
-    from huggingface_hub import hf_hub_download
+def _metadata(hub: _HubFile, token: str | None, cfg: DownloadConfig, bounds: Bounds) -> Any:
+    """The Hub's HfFileMetadata for the file (commit, etag, size, where to GET it)."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
 
     try:
-        return Path(hf_hub_download(repo_id=hub.repo, filename=hub.file, revision=hub.revision,
-                                    local_dir=str(staging), token=token, endpoint=hub.base,
-                                    etag_timeout=bounds.timeout(cfg.connect_timeout_s, cfg.read_timeout_s)[1]))
+        return get_hf_file_metadata(hf_hub_url(hub.repo, hub.file, revision=hub.revision, endpoint=hub.base),
+                                    token=token, endpoint=hub.base,
+                                    timeout=bounds.timeout(cfg.connect_timeout_s, cfg.read_timeout_s)[1])
     except Exception as exc:
-        mapped = _refusal(exc, hub)
-        if mapped is None:
-            mapped = _broken_transfer(exc, staging, hub.file)
+        mapped = _refusal(exc, hub) or _broken_transfer(exc, Path("."), hub.file)
         if mapped is None:
             raise
         raise mapped from None
 
 
+def hub_sha256(etag: str | None) -> str | None:
+    """The LFS sha256 the Hub reported, or None for a file kept in git (its etag is a git hash)."""
+    tag = (etag or "").strip().strip('"').lower()
+    return tag if SHA256.fullmatch(tag) else None
+
+
+def _copy_hashing(src: Path, dest: Path, chunk: int) -> tuple[str, int]:
+    h, n = hashlib.sha256(), 0
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        while block := fin.read(chunk):
+            h.update(block)
+            fout.write(block)
+            n += len(block)
+    return h.hexdigest(), n
+
+
+def _from_hf_cache(hub: _HubFile, commit: str | None, dest: Path, sha: str | None,
+                   cfg: DownloadConfig) -> tuple[str, int] | None:
+    """The file copied from the local HF cache when it holds this commit's file, else None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(hub.repo, hub.file, revision=commit) if commit else None
+    if not isinstance(cached, str):
+        return None
+    try:
+        digest, size = _copy_hashing(Path(cached), dest, cfg.chunk_bytes)
+    except OSError as exc:
+        mapped = _broken_transfer(exc, dest.parent, hub.file)
+        raise (mapped if isinstance(mapped, DownloadFailed) else exc) from None
+    if sha and digest != sha:  # a damaged cache entry: download instead
+        log.warning("%s: the HF cache copy of %s has sha256 %s, not the Hub's %s; downloading it",
+                    hub.what, hub.shown, digest, sha)
+        dest.unlink(missing_ok=True)
+        return None
+    return digest, size
+
+
+def _download(hub: _HubFile, meta: Any, dest: Path, token: str | None, *, allow_private: bool,
+              cfg: DownloadConfig, bounds: Bounds) -> Fetched:
+    location = urljoin(hub.url, meta.location or hub.url)
+    headers = {"Authorization": f"Bearer {token}"} if token and trusted_for(location, HF_TOKEN_VAR) else {}
+    # expected_sha256: a body that is not the file the Hub described is refused, checked on
+    # the hash computed while writing.
+    return fetch_url(location, dest, what=hub.what, headers=headers, token_var=HF_TOKEN_VAR,
+                     allow_private=allow_private, expected_sha256=hub_sha256(meta.etag),
+                     want_safetensors=dest.name.lower().endswith(".safetensors"), cfg=cfg, bounds=bounds)
+
+
 def fetch_hf(repo: str, file: str, revision: str | None, staging: Path, *, what: str, allow_private: bool,
-             cfg: DownloadConfig | None = None, bounds: Bounds | None = None) -> Fetched:
+             cfg: DownloadConfig | None = None, bounds: Bounds | None = None,
+             expected_sha256: str | None = None) -> Fetched:
     """Download ``repo``/``file`` at ``revision`` into ``staging``; raises WorkerError subclasses.
 
-    ``staging`` is removed when this raises."""
-    from huggingface_hub.utils import disable_progress_bars
+    ``expected_sha256`` (a catalog pin) is compared with the sha256 the Hub reports before any
+    byte is fetched. ``staging`` is removed when this raises."""
+    from huggingface_hub import get_token
 
-    disable_progress_bars()  # a progress bar per MB floods the worker's log
     cfg = cfg or DownloadConfig.from_env()
     bounds = bounds or Bounds()
     hub = _HubFile(repo, file, revision, what, endpoint())
     check_url(hub.url, allow_private=allow_private)
-    token = os.environ.get("HF_TOKEN") or None
+    token = get_token()  # HF_TOKEN, else the login stored under HF_HOME, as huggingface-hub does
+    dest = staging / Path(file).name
     try:
-        path = with_retries(lambda: _attempt(hub, staging, token, cfg, bounds), cfg, what=what,
-                            source=f"{hub.shown} from {hub.base}", attempts=min(MAX_ATTEMPTS, cfg.attempts),
-                            bounds=bounds)
+        meta = with_retries(lambda: _metadata(hub, token, cfg, bounds), cfg, what=what,
+                            source=f"{hub.shown} from {hub.base}", bounds=bounds)
+        sha = hub_sha256(meta.etag)
+        if sha and expected_sha256:
+            verify_sha256(sha, expected_sha256, what)
+        if meta.size is not None:
+            bounds.check_size(meta.size, what, announced=True)
+        staging.mkdir(parents=True, exist_ok=True)
+        copied = _from_hf_cache(hub, meta.commit_hash, dest, sha, cfg)
+        if copied is not None:
+            return Fetched(dest, copied[0], copied[1], 0, dest.name, hub.url)
+        got = _download(hub, meta, dest, token, allow_private=allow_private, cfg=cfg, bounds=bounds)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    size = path.stat().st_size
-    return Fetched(path, sha256_file(path), size, size, Path(file).name, hub.url)
-
+    return Fetched(dest, got.sha256, got.bytes, got.transferred, dest.name, hub.url)

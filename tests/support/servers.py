@@ -197,11 +197,19 @@ class ModelServer(_LocalServer):
         return self.url + path
 
     def add_hf(self, repo: str, file: str, data: bytes, *, revision: str = "main", commit: str = "c" * 40,
-               behaviours: list[Any] | None = None, auth: str | None = None) -> None:
-        """A file as the Hub serves it: X-Repo-Commit, and the LFS sha256 as X-Linked-Etag."""
-        sha = hashlib.sha256(data).hexdigest()
-        headers = {"X-Repo-Commit": commit, "X-Linked-Etag": f'"{sha}"', "ETag": f'"{sha}"',
-                   "X-Linked-Size": str(len(data))}
+               behaviours: list[Any] | None = None, auth: str | None = None, lfs: bool = True,
+               reported_sha256: str | None = None) -> None:
+        """A file as the Hub serves it: X-Repo-Commit, and for an LFS file its sha256 as
+        X-Linked-Etag and ETag, its size as X-Linked-Size. A file kept in git (``lfs=False``)
+        gets only an ETag holding its git blob id (sha1), as on the Hub. ``reported_sha256``
+        makes the Hub report another sha256 than the data's (a body damaged on the way)."""
+        if lfs:
+            sha = reported_sha256 or hashlib.sha256(data).hexdigest()
+            headers = {"X-Repo-Commit": commit, "X-Linked-Etag": f'"{sha}"', "ETag": f'"{sha}"',
+                       "X-Linked-Size": str(len(data))}
+        else:
+            blob = hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+            headers = {"X-Repo-Commit": commit, "ETag": f'"{blob}"'}
         for rev in {revision, commit}:
             self.add(f"/{repo}/resolve/{rev}/{file}", data, behaviours, headers=headers, auth=auth)
 
