@@ -7,6 +7,9 @@ through the recorded mid-generation polls; updates go to a recording ``send``.
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,8 +17,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from a1111.progress import ProgressReporter, progress_payload
+from a1111.progress import ProgressReporter, on_platform, progress_payload
+from tests.replay import ReplayServer
+from tests.support.worker import child_env
 
+ROOT = Path(__file__).resolve().parent.parent
 REC = Path(__file__).parent / "recordings" / "a1111"
 
 
@@ -125,3 +131,94 @@ def test_throttle_is_at_most_one_update_per_second():
         time.sleep(2.6)
     assert len(times) == 3, times  # at about 0 s, 1 s and 2 s
     assert all(b - a >= 1.0 for a, b in zip(times, times[1:], strict=False))
+
+
+# --------------------------------------------------------------------------- cost of polling
+PROGRESS = "/sdapi/v1/progress"
+
+
+def _polls(replay) -> list[float]:
+    """When each progress request reached the server (monotonic, this process's clock)."""
+    return [r.at for r in replay.requests if r.path == PROGRESS]
+
+
+def _generate(replay, seconds: float, **kwargs) -> tuple[float, list[dict]]:
+    """One txt2img the server holds ``seconds``, under a ProgressReporter with its defaults."""
+    replay.delay("POST", "/sdapi/v1/txt2img", seconds)
+    sent: list[dict] = []
+    kwargs.setdefault("send", lambda j, p: sent.append(p))
+    t0 = time.monotonic()
+    with ProgressReporter(_ProgressOnly(replay.url), {"id": "job-cost", "input": {}}, **kwargs):
+        resp = requests.post(f"{replay.url}/sdapi/v1/txt2img", json={"prompt": "x"}, timeout=30)
+    assert resp.status_code == 200
+    return t0, sent
+
+
+def test_a_generation_under_a_second_sends_no_poll(replay):
+    _, sent = _generate(replay, 0.8)
+    assert _polls(replay) == [] and sent == []
+
+
+@pytest.mark.slow
+def test_a_3_5_s_generation_polls_at_most_once_a_second_after_the_first(replay):
+    t0, sent = _generate(replay, 3.5)
+    polls = _polls(replay)
+    assert 1 <= len(polls) <= 4, polls
+    assert polls[0] - t0 >= 1.0
+    assert all(b - a >= 0.95 for a, b in zip(polls, polls[1:], strict=False)), polls
+    assert sent and sent[0]["total"] == 10  # the polls that were made still report progress
+
+
+@pytest.mark.parametrize(("env", "argv"), [
+    ({}, ["handler.py"]),  # the README's quick start and plain `python handler.py`
+    ({"RUNPOD_WEBHOOK_GET_JOB": "http://x/get", "RUNPOD_WEBHOOK_POST_OUTPUT": "http://x/out"},
+     ["handler.py", "--test_input", "{}"]),
+    ({"RUNPOD_WEBHOOK_GET_JOB": "http://x/get", "RUNPOD_WEBHOOK_POST_OUTPUT": "http://x/out"},
+     ["handler.py", "--rp_serve_api", "--rp_api_port", "8000"]),
+    ({"RUNPOD_WEBHOOK_GET_JOB": "http://x/get"}, ["handler.py"]),  # updates would go to "JOB_DONE_URL"
+])
+def test_local_modes_are_not_the_platform(env, argv):
+    assert on_platform(env, argv) is False
+
+
+def test_the_platform_is_both_webhooks_and_no_local_flag():
+    env = {"RUNPOD_WEBHOOK_GET_JOB": "https://api.runpod.ai/v2/e/job-take/$RUNPOD_POD_ID",
+           "RUNPOD_WEBHOOK_POST_OUTPUT": "https://api.runpod.ai/v2/e/job-done/$RUNPOD_POD_ID/$ID"}
+    assert on_platform(env, ["handler.py"]) is True
+    assert on_platform(env, ["handler.py", "--test_input={}"]) is False
+
+
+def test_local_mode_polls_nothing_sends_nothing_and_logs_elapsed_time(replay, monkeypatch, caplog):
+    for name in ("RUNPOD_WEBHOOK_GET_JOB", "RUNPOD_WEBHOOK_POST_OUTPUT"):
+        monkeypatch.delenv(name, raising=False)
+    caplog.set_level(logging.INFO, logger="a1111.progress")
+    replay.delay("POST", "/sdapi/v1/txt2img", 1.2)
+    with ProgressReporter(_ProgressOnly(replay.url), "job-local", poll_s=0.05, local_log_s=0.5) as rep:
+        requests.post(f"{replay.url}/sdapi/v1/txt2img", json={}, timeout=30)
+    assert _polls(replay) == [] and rep.sent == [] and rep.polls == 0
+    lines = [r.getMessage() for r in caplog.records if "job-local" in r.getMessage()]
+    assert len(lines) == 2 and all(r.levelno == logging.INFO for r in caplog.records), lines
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("webhooks", [False, True], ids=["no-env", "webhooks-set"])
+def test_a_local_test_input_run_polls_nothing_and_logs_no_sdk_error(tmp_path, webhooks):
+    """``handler.py --test_input`` (the SDK's local mode) against the replay server with a
+    2.5 s txt2img. With ``webhooks`` the platform's variables are set too, pointing at the
+    replay server, so an update the SDK sent anyway would be recorded there."""
+    with ReplayServer("a1111") as srv:
+        srv.delay("POST", "/sdapi/v1/txt2img", 2.5)
+        extra = {"RUNPOD_WEBHOOK_GET_JOB": f"{srv.url}/job-take",
+                 "RUNPOD_WEBHOOK_POST_OUTPUT": f"{srv.url}/job-done?id=$ID"} if webhooks else {}
+        job = {"input": {"prompt": "a photo of a cat", "sampler_name": "Euler", "steps": 1}}
+        out = subprocess.run(
+            [sys.executable, "handler.py", "--test_input", json.dumps(job)], cwd=ROOT, capture_output=True,
+            text=True, timeout=120,
+            env=child_env(A1111_URL=srv.url, MODELS_DIR=str(tmp_path / "models"), A1111_STATE_DIR=str(tmp_path / "s"),
+                          MODELS_CATALOG=str(tmp_path / "none.json"), A1111_READY_TIMEOUT="30", **extra))
+        logs = out.stdout + out.stderr
+        assert out.returncode == 0, logs[-2000:]
+        assert "completed successfully" in logs
+        assert "Failed to return job results" not in logs
+        assert _polls(srv) == []
+        assert [r.path for r in srv.requests if r.path.startswith("/job-")] == []
