@@ -1,15 +1,18 @@
-"""Download throughput of the model cache vs a plain streamed copy, from the same local server.
+"""Download throughput of the model cache: one stream vs ranged connections, from a local server.
 
-    .venv/bin/python bench/download.py [--mb 256] [--runs 3]
+    .venv/bin/python bench/download.py [--mb 256] [--runs 5] [--conn-mbps 50] [--connections N]
 
-A local HTTP server (in its own process, sending with os.sendfile so it takes little CPU
-from the client) serves one real safetensors file. Each run measures,
-alternately:
-  baseline: requests GET, stream, write the chunks to a file in the target folder (no hash);
-  cache:    ModelCache.ensure(...) for the same URL under a fresh name: hashing while
-            streaming, safetensors header check, atomic rename, registry update, lease.
-It reports the median throughput of each, their ratio (target >= 0.9), and the body bytes
-the server sent for a repeated request of a model already placed (target 0).
+A local HTTP/1.1 server (in its own process, sending with os.sendfile so it takes little CPU
+from the client, answering ``Range``, keeping connections alive) serves one real safetensors
+file. Two cases, each run alternating its measurements:
+  capped:   every connection is limited to --conn-mbps MB/s (as CDNs cap one connection),
+            the sum of them unlimited: ModelCache.ensure with DOWNLOAD_CONNECTIONS=1 (one
+            stream) and with N connections. Target: parallel >= 4x single.
+  uncapped: the same two, plus a plain streamed copy (requests, raw reads, no hash) as the
+            baseline. Target: parallel not slower than single; single >= 0.9x the plain copy.
+Each ensure is the whole path: hashing, safetensors header check, atomic rename, registry,
+lease. It reports medians (MB/s), the ratios, and the body bytes the server sent for a
+repeated request of a model already placed (target 0).
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -38,51 +40,75 @@ sys.path.insert(0, str(ROOT))
 
 from cache import ModelCache  # noqa: E402
 from cache.catalog import Catalog  # noqa: E402
+from cache.transfer import DownloadConfig  # noqa: E402
 from schemas.settings import Settings  # noqa: E402
 
 CHUNK = 1 << 20
+STEP = 1 << 20  # bytes per sendfile call when pacing a capped connection
 
 
-def _serve(path: str, port_q, stop, link_mbps: float = 0.0) -> None:
-    """A minimal HTTP server sending the file with os.sendfile (little CPU, so the client side's
-    work is what gets measured); /_stats answers the body bytes sent so far."""
+def _range(header: str | None, size: int) -> tuple[int, int] | None:
+    """[start, end) of a ``bytes=a-b`` / ``bytes=a-`` header, or None for the whole file."""
+    if not header or not header.startswith("bytes="):
+        return None
+    first, _, last = header[6:].partition("-")
+    return int(first), min(int(last) + 1, size) if last else size
+
+
+def _send(sock: int, fd: int, start: int, end: int, conn_mbps: float, sent: list[int], lock) -> None:
+    """``os.sendfile`` [start, end), never ahead of ``conn_mbps`` on average when it is set."""
+    t0 = time.perf_counter()
+    offset = start
+    while offset < end:
+        if conn_mbps:
+            ahead = (offset - start) / (conn_mbps * 1e6) - (time.perf_counter() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+        n = os.sendfile(sock, fd, offset, min(end - offset, STEP) if conn_mbps else end - offset)
+        if n == 0:
+            break
+        offset += n
+        with lock:
+            sent[0] += n
+
+
+def _serve(path: str, port_q, stop, conn_mbps: float = 0.0) -> None:
+    """The file at any path (with ranges), each connection capped at ``conn_mbps`` MB/s;
+    /_stats answers the body bytes sent so far."""
     size = os.path.getsize(path)
     sent = [0]
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as CDNs do
+
         def log_message(self, *a) -> None:
             pass
+
+        def _head(self, code: int, length: int, headers: dict[str, str]) -> None:
+            self.send_response(code)
+            for k, v in {"Content-Length": str(length), **headers}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.flush()
 
         def do_GET(self) -> None:  # noqa: N802
             if self.path == "/_stats":
                 body = json.dumps({"sent": sent[0]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
+                self._head(200, len(body), {"Content-Type": "application/json"})
                 self.wfile.write(body)
                 return
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(size))
-            self.end_headers()
-            self.wfile.flush()
-            t0 = time.perf_counter()
-            with open(path, "rb") as f:
-                offset = 0
-                while offset < size:
-                    if link_mbps:  # emulate a network link: never ahead of link_mbps on average
-                        ahead = offset / (link_mbps * 1e6) - (time.perf_counter() - t0)
-                        if ahead > 0:
-                            time.sleep(ahead)
-                    step = min(size - offset, 4 << 20) if link_mbps else size - offset
-                    n = os.sendfile(self.connection.fileno(), f.fileno(), offset, step)
-                    if n == 0:
-                        break
-                    offset += n
-                    with lock:
-                        sent[0] += n
+            rng = _range(self.headers.get("Range"), size)
+            start, end = rng or (0, size)
+            headers = {"Content-Type": "application/octet-stream", "Accept-Ranges": "bytes"}
+            if rng:
+                headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            self._head(206 if rng else 200, end - start, headers)
+            try:
+                with open(path, "rb") as f:
+                    _send(self.connection.fileno(), f.fileno(), start, end, conn_mbps, sent, lock)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client hung up (it had the bytes it asked for)
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
@@ -100,19 +126,15 @@ def make_model(path: Path, mb: int) -> int:
     return path.stat().st_size
 
 
-def plain_copy(url: str, dest: Path, *, raw: bool) -> float:
-    """Stream the body to a file, nothing else: requests' iter_content idiom, or raw reads
-    (the read loop the cache itself uses, so the ratio isolates hashing and verification)."""
+def plain_copy(url: str, dest: Path) -> float:
+    """Stream the body to a file with raw reads, nothing else (the cache's own read loop, so
+    the ratio isolates hashing and verification)."""
     t0 = time.perf_counter()
     with requests.get(url, stream=True, timeout=(10, 60)) as r:
         r.raise_for_status()
         with open(dest, "wb") as f:
-            if raw:
-                while chunk := r.raw.read(CHUNK, decode_content=True):
-                    f.write(chunk)
-            else:
-                for chunk in r.iter_content(CHUNK):
-                    f.write(chunk)
+            while chunk := r.raw.read(CHUNK, decode_content=True):
+                f.write(chunk)
     return time.perf_counter() - t0
 
 
@@ -124,17 +146,19 @@ def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mb", type=int, default=256, help="model size in MiB (default 256)")
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--link-mbps", type=float, default=0.0,
-                    help="cap the server at this many MB/s to emulate a network link (default: no cap)")
+    ap.add_argument("--conn-mbps", type=float, default=50.0,
+                    help="cap each connection at this many MB/s in the capped case (default 50)")
+    ap.add_argument("--connections", type=int, default=DownloadConfig.from_env().connections,
+                    help="DOWNLOAD_CONNECTIONS for the parallel runs (default: the worker's)")
     return ap.parse_args()
 
 
 @contextlib.contextmanager
-def served(source: Path, link_mbps: float) -> Iterator[str]:
+def served(source: Path, conn_mbps: float) -> Iterator[str]:
     """The base URL of a server for ``source`` running in its own process, stopped on exit."""
     ctx = mp.get_context("spawn")
     port_q, stop = ctx.Queue(), ctx.Event()
-    server = ctx.Process(target=_serve, args=(str(source), port_q, stop, link_mbps), daemon=True)
+    server = ctx.Process(target=_serve, args=(str(source), port_q, stop, conn_mbps), daemon=True)
     server.start()
     try:
         yield port_q.get(timeout=120)
@@ -143,52 +167,49 @@ def served(source: Path, link_mbps: float) -> Iterator[str]:
         server.join(10)
 
 
-@dataclass
-class Samples:
-    """Throughput of each run in MB/s."""
-    iter_content: list[float] = field(default_factory=list)
-    raw_read: list[float] = field(default_factory=list)
-    cache: list[float] = field(default_factory=list)
+def cache_with(settings: Settings, connections: int) -> ModelCache:
+    """A cache whose downloads use ``connections`` (read from the environment, as a worker's)."""
+    os.environ["DOWNLOAD_CONNECTIONS"] = str(connections)
+    return ModelCache(settings, Catalog())
 
 
-def measure(cache: ModelCache, models: Path, url: str, size: int, runs: int) -> Samples:
-    """Alternate the two plain copies and a cache download of the same URL, ``runs`` times;
-    the cache's first model (bench0) stays for the repeat request."""
-    (models / "checkpoints").mkdir(parents=True)
-    warm = models / "checkpoints" / "warmup.bin"
-    plain_copy(url, warm, raw=True)  # warm the page cache and the server
-    warm.unlink()
-    out = Samples()
+def measure(caches: dict[str, ModelCache], models: Path, url: str, size: int, runs: int, tag: str,
+            plain: bool) -> dict[str, list[float]]:
+    """MB/s of each cache (and of a plain copy), alternating, ``runs`` times; each placed model
+    is removed again except the first (kept for the repeat request)."""
+    out: dict[str, list[float]] = {name: [] for name in ([*caches, "plain"] if plain else caches)}
+    folder = models / "checkpoints"
     for i in range(runs):
-        for raw, plain in ((False, out.iter_content), (True, out.raw_read)):
-            dest = models / "checkpoints" / f"plain{i}.bin"
-            plain.append(size / plain_copy(url, dest, raw=raw) / 1e6)
+        if plain:
+            dest = folder / f"plain{i}.bin"
+            out["plain"].append(size / plain_copy(url, dest) / 1e6)
             dest.unlink()
-        t0 = time.perf_counter()
-        placed = cache.ensure("checkpoint", {"url": url, "name": f"bench{i}"})
-        out.cache.append(size / (time.perf_counter() - t0) / 1e6)
-        assert placed.downloaded and placed.bytes == size
-        if i:
-            (models / placed.path).unlink()
+        for name, cache in caches.items():
+            t0 = time.perf_counter()
+            placed = cache.ensure("checkpoint", {"url": url, "name": f"{tag}_{name}{i}"})
+            out[name].append(size / (time.perf_counter() - t0) / 1e6)
+            assert placed.downloaded and placed.bytes == size
+            if (tag, name, i) != ("capped", "single", 0):
+                (models / placed.path).unlink()
     return out
 
 
-def summary(samples: Samples, size: int, args: argparse.Namespace, repeat_bytes: int,
-            repeat_downloaded: bool) -> dict:
-    med = {name: statistics.median(values) for name, values in dataclasses.asdict(samples).items()}
-    baseline = max(med["iter_content"], med["raw_read"])  # the stricter comparison
-    return {
-        "size_mb": round(size / 1e6, 1),
-        "runs": args.runs,
-        "link_mbps_cap": args.link_mbps or None,
-        "plain_iter_content_mb_s": round(med["iter_content"], 1),
-        "plain_raw_read_mb_s": round(med["raw_read"], 1),
-        "cache_mb_s": round(med["cache"], 1),
-        "ratio": round(med["cache"] / baseline, 3),
-        "repeat_request_bytes": repeat_bytes,
-        "repeat_downloaded": repeat_downloaded,
-        "all_runs_mb_s": {name: [round(x) for x in values] for name, values in dataclasses.asdict(samples).items()},
-    }
+def run_case(settings: Settings, models: Path, source: Path, size: int, args: argparse.Namespace, *,
+             conn_mbps: float, tag: str) -> tuple[dict[str, float], dict[str, list[float]], int | None]:
+    caches = {"single": cache_with(settings, 1), "parallel": cache_with(settings, args.connections)}
+    with served(source, conn_mbps) as base:
+        url = base + "/model.safetensors"
+        warm = models / "checkpoints" / "warmup.bin"
+        plain_copy(url, warm)  # the page cache and the server warmed
+        warm.unlink()
+        runs = measure(caches, models, url, size, args.runs, tag, plain=not conn_mbps)
+        repeat = None
+        if tag == "capped":
+            before = sent_bytes(base)
+            again = caches["parallel"].ensure("checkpoint", {"url": url, "name": "capped_single0"})
+            repeat = sent_bytes(base) - before
+            assert not again.downloaded
+    return {name: statistics.median(v) for name, v in runs.items()}, runs, repeat
 
 
 def main() -> None:
@@ -198,21 +219,30 @@ def main() -> None:
         source = work / "served.safetensors"
         size = make_model(source, args.mb)
         models = work / "models"
+        (models / "checkpoints").mkdir(parents=True)
         settings = dataclasses.replace(Settings.from_env(), models_dir=models, download_allow_private=True,
                                        cache_max_gb=None)
-        cache = ModelCache(settings, Catalog())
-        with served(source, args.link_mbps) as base:
-            url = base + "/model.safetensors"
-            samples = measure(cache, models, url, size, args.runs)
-            before = sent_bytes(base)
-            again = cache.ensure("checkpoint", {"url": url, "name": "bench0"})
-            repeat_bytes = sent_bytes(base) - before
-        result = summary(samples, size, args, repeat_bytes, again.downloaded)
-        baseline = max(result["plain_iter_content_mb_s"], result["plain_raw_read_mb_s"])
+        capped, capped_runs, repeat = run_case(settings, models, source, size, args, conn_mbps=args.conn_mbps,
+                                               tag="capped")
+        free, free_runs, _ = run_case(settings, models, source, size, args, conn_mbps=0.0, tag="uncapped")
+        result = {
+            "size_mb": round(size / 1e6, 1), "runs": args.runs, "connections": args.connections,
+            "conn_mbps_cap": args.conn_mbps, "load_avg_1m": round(os.getloadavg()[0], 2),
+            "capped_single_mb_s": round(capped["single"], 1), "capped_parallel_mb_s": round(capped["parallel"], 1),
+            "capped_ratio": round(capped["parallel"] / capped["single"], 2),
+            "uncapped_plain_mb_s": round(free["plain"], 1), "uncapped_single_mb_s": round(free["single"], 1),
+            "uncapped_parallel_mb_s": round(free["parallel"], 1),
+            "uncapped_ratio": round(free["parallel"] / free["single"], 2),
+            "single_vs_plain": round(free["single"] / free["plain"], 3),
+            "repeat_request_bytes": repeat,
+            "all_runs_mb_s": {f"capped_{k}": [round(x) for x in v] for k, v in capped_runs.items()}
+            | {f"uncapped_{k}": [round(x) for x in v] for k, v in free_runs.items()},
+        }
         print(json.dumps(result))
-        print(f"cache download {result['cache_mb_s']} MB/s vs plain streamed copy {baseline} MB/s "
-              f"(faster of the two baselines): ratio {result['ratio']} (target >= 0.9); a repeated request "
-              f"transferred {repeat_bytes} bytes (target 0)")
+        print(f"capped at {args.conn_mbps:g} MB/s per connection: one stream {result['capped_single_mb_s']} MB/s, "
+              f"{args.connections} connections {result['capped_parallel_mb_s']} MB/s: ratio {result['capped_ratio']} "
+              f"(target >= 4); uncapped: ratio {result['uncapped_ratio']} (target >= 1), one stream vs plain copy "
+              f"{result['single_vs_plain']}; a repeated request transferred {repeat} bytes (target 0)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -31,6 +31,18 @@ def _env_float(name: str, default: float) -> float:
     return float(raw) if raw else default
 
 
+MAX_CONNECTIONS = 32
+
+
+def _connections_env() -> int:
+    raw = os.environ.get("DOWNLOAD_CONNECTIONS", "").strip()
+    if not raw:
+        return DownloadConfig.connections
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_CONNECTIONS:
+        raise ValueError(f"DOWNLOAD_CONNECTIONS must be a whole number from 1 to {MAX_CONNECTIONS}, got {raw!r}")
+    return int(raw)
+
+
 @dataclass(frozen=True)
 class DownloadConfig:
     attempts: int = 5
@@ -41,12 +53,24 @@ class DownloadConfig:
     chunk_bytes: int = 1 << 20
     lock_timeout_s: float = 3600.0
     max_redirects: int = 5
+    # Ranged downloads (cache/parallel.py): a file of at least parallel_min_bytes from a
+    # server that answers ranges comes over this many connections (1: always one stream),
+    # unless its first piece (1-16 MiB) came over one stream at parallel_below_bps or faster.
+    connections: int = 8
+    parallel_min_bytes: int = 64 << 20
+    parallel_below_bps: float = 200e6
 
     @classmethod
     def from_env(cls) -> DownloadConfig:
         """Tunables (mostly for tests and slow links): DOWNLOAD_ATTEMPTS, DOWNLOAD_BACKOFF_S,
-        DOWNLOAD_READ_TIMEOUT_S, DOWNLOAD_LOCK_TIMEOUT_S."""
+        DOWNLOAD_READ_TIMEOUT_S, DOWNLOAD_LOCK_TIMEOUT_S, DOWNLOAD_CONNECTIONS (1-32, default
+        8), DOWNLOAD_PARALLEL_MIN_MB (MiB, default 64) and DOWNLOAD_PARALLEL_BELOW_MBPS (MB/s,
+        default 200; 0: never more than one stream)."""
         return cls(
+            connections=_connections_env(),
+            parallel_min_bytes=int(max(_env_float("DOWNLOAD_PARALLEL_MIN_MB", cls.parallel_min_bytes / 2**20), 0)
+                                   * 2**20),
+            parallel_below_bps=max(_env_float("DOWNLOAD_PARALLEL_BELOW_MBPS", cls.parallel_below_bps / 1e6), 0) * 1e6,
             attempts=max(1, int(_env_float("DOWNLOAD_ATTEMPTS", cls.attempts))),
             backoff_s=_env_float("DOWNLOAD_BACKOFF_S", cls.backoff_s),
             backoff_max_s=max(_env_float("DOWNLOAD_BACKOFF_S", cls.backoff_s), cls.backoff_max_s),

@@ -44,6 +44,11 @@ class Settings:
     # JOB_TIMEOUT; a prefetch job's by PREFETCH_TIMEOUT (seconds). A transfer slower than
     # DOWNLOAD_MIN_RATE_KBPS (kB/s, 0 = no minimum) over DOWNLOAD_RATE_WINDOW_S seconds is
     # given up: the defaults are far below any real CDN and only stop a trickling server.
+    # Parallel ranged downloads are tuned by DOWNLOAD_CONNECTIONS (1-32, default 8; 1: one
+    # stream), DOWNLOAD_PARALLEL_MIN_MB (default 64: smaller files come as one stream) and
+    # DOWNLOAD_PARALLEL_BELOW_MBPS (default 200: a first piece that came over one stream at
+    # least this fast keeps that stream; 0: never ranges); like DOWNLOAD_ATTEMPTS they are
+    # read with the other transfer tunables in cache/transfer.py DownloadConfig.from_env.
     prefetch_timeout_s: float = 3600.0
     download_min_rate_kbps: float = 50.0
     download_rate_window_s: float = 30.0

@@ -164,6 +164,7 @@ class _Route:
     headers: dict[str, str] = field(default_factory=dict)
     auth: str | None = None       # required "Authorization" header value
     chunk_delay: float = 0.0      # seconds between 256 KB chunks (to make transfers overlap)
+    ranges: bool = True           # False: Range is ignored (200, the whole file, no Accept-Ranges)
 
 
 class ModelServer(_LocalServer):
@@ -177,7 +178,11 @@ class ModelServer(_LocalServer):
     that rate for at most that long, then close: a server that keeps a download alive without
     ever finishing it), ("announce", length) (announce ``length`` bytes, then send the data
     over and over until the client hangs up or ANNOUNCE_MAX bytes went out: a server claiming
-    a huge file).
+    a huge file), "whole" (200 with the whole file even to a Range request: a server, or a CDN
+    node, that stops honouring ranges).
+
+    ``Range: bytes=a-`` and ``bytes=a-b`` are answered with 206 (unless the route was added
+    with ``ranges=False``); ``peak`` is the most GETs of one path answered at the same time.
 
     It also answers the Hugging Face ``/{repo}/resolve/{revision}/{file}`` routes that
     ``hf_hub_download`` calls (HEAD for metadata, then GET), with the headers the Hub sends.
@@ -189,6 +194,8 @@ class ModelServer(_LocalServer):
         self.routes: dict[str, _Route] = {}
         self.seen: list[Seen] = []
         self.sent: dict[str, int] = defaultdict(int)
+        self.peak: dict[str, int] = defaultdict(int)
+        self._active: dict[str, int] = defaultdict(int)
         self.lock = threading.Lock()
 
     # -- configuration ----------------------------------------------------------------------
@@ -216,9 +223,28 @@ class ModelServer(_LocalServer):
     def gets(self, path: str) -> list[Seen]:
         return [s for s in self.seen if s.method == "GET" and s.path.split("?", 1)[0] == path]
 
+    def ranges(self, path: str) -> list[tuple[int, int | None]]:
+        """The (first, last) byte of each Range GET of ``path`` (last None when open-ended), in order."""
+        out: list[tuple[int, int | None]] = []
+        for s in self.gets(path):
+            if (rng := s.headers.get("Range", "")).startswith("bytes="):
+                first, _, last = rng[6:].partition("-")
+                out.append((int(first), int(last) if last else None))
+        return out
+
     # -- serving ------------------------------------------------------------------------------
     def _handle(self, h: BaseHTTPRequestHandler, *, head: bool) -> None:
         path = h.path.split("?", 1)[0]
+        with self.lock:
+            self._active[path] += 1
+            self.peak[path] = max(self.peak[path], self._active[path])
+        try:
+            self._answer(h, path, head=head)
+        finally:
+            with self.lock:
+                self._active[path] -= 1
+
+    def _answer(self, h: BaseHTTPRequestHandler, path: str, *, head: bool) -> None:
         with self.lock:
             self.seen.append(Seen(h.command, h.path, CaseInsensitiveDict(h.headers.items())))
             route = self.routes.get(path)
@@ -240,15 +266,16 @@ class ModelServer(_LocalServer):
         if isinstance(behaviour, tuple) and behaviour[0] in ("trickle", "announce"):
             return self._misbehave(h, path, route, behaviour)
         data = route.data
-        start, status = 0, 200
+        start, stop, status = 0, len(data), 200
         rng = h.headers.get("Range")
-        if rng and rng.startswith("bytes=") and not head:
-            start = int(rng[6:].split("-", 1)[0])
+        if rng and rng.startswith("bytes=") and not head and route.ranges and behaviour != "whole":
+            first, _, last = rng[6:].partition("-")
+            start, stop = int(first), min(int(last) + 1, len(data)) if last else len(data)
             status = 206
-        body = data[start:]
-        headers = {"Accept-Ranges": "bytes"}
+        body = data[start:stop]
+        headers = {"Accept-Ranges": "bytes"} if route.ranges else {}
         if status == 206:
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
         self._send_head(h, status, route.content_type, len(body), {**headers, **route.headers})
         if head:
             return
