@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -15,39 +14,14 @@ from cache.catalog import Catalog
 from cache.refs import parse_ref, url_file_name
 from schemas.errors import DownloadFailed, ModelNotFound, ValidationFailed
 from schemas.settings import Settings
+from tests.support.cache import fast_downloads, leftovers, make_cache, registry
 from tests.support.model_files import safetensors_bytes
 from tests.support.servers import ModelServer
 
 
 @pytest.fixture(autouse=True)
 def fast_env(monkeypatch, models_dir):
-    monkeypatch.setenv("MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("DOWNLOAD_ALLOW_PRIVATE", "1")
-    monkeypatch.setenv("DOWNLOAD_BACKOFF_S", "0.01")
-    monkeypatch.setenv("DOWNLOAD_ATTEMPTS", "3")
-    monkeypatch.setenv("DOWNLOAD_READ_TIMEOUT_S", "1")
-    for var in ("HF_TOKEN", "CIVITAI_TOKEN", "CACHE_MAX_GB", "ALLOW_PICKLE_MODELS", "CIVITAI_BASE_URL"):
-        monkeypatch.delenv(var, raising=False)
-
-
-def make_cache(catalog: dict | None = None, **over) -> ModelCache:
-    settings = dataclasses.replace(Settings.from_env(), **over)
-    return ModelCache(settings, Catalog.from_dict(catalog) if catalog is not None else Catalog())
-
-
-def registry(models_dir: Path) -> dict:
-    path = models_dir / "cache_registry.json"
-    return json.loads(path.read_text())["entries"] if path.exists() else {}
-
-
-def leftovers(models_dir: Path) -> list[str]:
-    """Files a failed download must not leave behind (parts, staging, half files)."""
-    out = []
-    for p in models_dir.rglob("*"):
-        rel = p.relative_to(models_dir).as_posix()
-        if p.is_file() and not rel.startswith(".locks/") and rel != "cache_registry.json":
-            out.append(rel)
-    return out
+    fast_downloads(monkeypatch, models_dir)
 
 
 # ------------------------------------------------------------------------------- success path

@@ -4,17 +4,14 @@ so a model is written to the volume once and not read back to hash it."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
-from cache import ModelCache
-from cache.catalog import Catalog
 from schemas.errors import DownloadFailed
-from schemas.settings import Settings
+from tests.support.cache import fast_downloads, make_cache
 from tests.support.model_files import safetensors_bytes
 from tests.support.servers import ModelServer
 
@@ -23,20 +20,10 @@ PROC_IO = Path("/proc/self/io")
 
 @pytest.fixture(autouse=True)
 def hub_env(monkeypatch, models_dir):
-    monkeypatch.setenv("MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("DOWNLOAD_ALLOW_PRIVATE", "1")
-    monkeypatch.setenv("DOWNLOAD_BACKOFF_S", "0.01")
-    monkeypatch.setenv("DOWNLOAD_ATTEMPTS", "3")
-    monkeypatch.setenv("HF_HOME", str(models_dir.parent / "hf-home"))
-    for var in ("HF_TOKEN", "CACHE_MAX_GB", "ALLOW_PICKLE_MODELS"):
-        monkeypatch.delenv(var, raising=False)
+    fast_downloads(monkeypatch, models_dir, read_timeout_s=60, HF_HOME=str(models_dir.parent / "hf-home"))
     # An empty HF cache of this test's own (huggingface-hub fixes its cache path at import).
     from huggingface_hub import constants
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(models_dir.parent / "hf-cache"))
-
-
-def make_cache(catalog: dict | None = None) -> ModelCache:
-    return ModelCache(dataclasses.replace(Settings.from_env()), Catalog.from_dict(catalog or {"models": []}))
 
 
 def rchar() -> int:

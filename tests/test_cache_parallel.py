@@ -16,9 +16,9 @@ import pytest
 from cache.download import holey_marker
 from cache.refs import parse_ref
 from schemas.errors import DownloadFailed, ValidationFailed
+from tests.support.cache import fast_downloads, leftovers, make_cache, registry
 from tests.support.model_files import safetensors_bytes
 from tests.support.servers import ModelServer
-from tests.test_cache_download import leftovers, make_cache, registry
 
 MIB = 1 << 20
 PATH = "/big.safetensors"
@@ -26,17 +26,8 @@ PATH = "/big.safetensors"
 
 @pytest.fixture(autouse=True)
 def env(monkeypatch, models_dir):
-    monkeypatch.setenv("MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("DOWNLOAD_ALLOW_PRIVATE", "1")
-    monkeypatch.setenv("DOWNLOAD_BACKOFF_S", "0.01")
-    monkeypatch.setenv("DOWNLOAD_ATTEMPTS", "3")
-    monkeypatch.setenv("DOWNLOAD_READ_TIMEOUT_S", "2")
-    monkeypatch.setenv("DOWNLOAD_CONNECTIONS", "4")
-    monkeypatch.setenv("DOWNLOAD_PARALLEL_MIN_MB", "1")
-    monkeypatch.setenv("DOWNLOAD_PARALLEL_BELOW_MBPS", "1000000")
-    for var in ("HF_TOKEN", "CIVITAI_TOKEN", "CACHE_MAX_GB", "CIVITAI_BASE_URL", "JOB_TIMEOUT",
-                "DOWNLOAD_MIN_RATE_KBPS", "DOWNLOAD_RATE_WINDOW_S"):
-        monkeypatch.delenv(var, raising=False)
+    fast_downloads(monkeypatch, models_dir, read_timeout_s=2, DOWNLOAD_CONNECTIONS="4",
+                   DOWNLOAD_PARALLEL_MIN_MB="1", DOWNLOAD_PARALLEL_BELOW_MBPS="1000000")
 
 
 def model(mib: int = 8, seed: int = 50) -> bytes:

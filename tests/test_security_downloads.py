@@ -24,11 +24,9 @@ from pathlib import Path
 import pytest
 
 import handler
-from cache import ModelCache
-from cache.catalog import Catalog
 from cache.registry import lease
 from schemas.errors import DownloadFailed, ValidationFailed, WorkerError
-from schemas.settings import Settings
+from tests.support.cache import fast_downloads, leftovers, make_cache
 from tests.support.model_files import safetensors_bytes
 from tests.support.servers import FileServer, ModelServer
 
@@ -38,15 +36,7 @@ PUBLIC = "93.184.216.34"  # a global address: it passes the private-address chec
 
 @pytest.fixture(autouse=True)
 def env(monkeypatch, models_dir):
-    monkeypatch.setenv("MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("MODELS_CATALOG", str(models_dir.parent / "no-catalog.json"))
-    monkeypatch.setenv("DOWNLOAD_ALLOW_PRIVATE", "1")  # the servers are on loopback
-    monkeypatch.setenv("DOWNLOAD_BACKOFF_S", "0.01")
-    monkeypatch.setenv("DOWNLOAD_ATTEMPTS", "1")
-    monkeypatch.setenv("DOWNLOAD_READ_TIMEOUT_S", "1")
-    for var in ("HF_TOKEN", "CIVITAI_TOKEN", "CACHE_MAX_GB", "CIVITAI_BASE_URL", "HF_ENDPOINT", "JOB_TIMEOUT",
-                "PREFETCH_TIMEOUT", "DOWNLOAD_MIN_RATE_KBPS", "DOWNLOAD_RATE_WINDOW_S"):
-        monkeypatch.delenv(var, raising=False)
+    fast_downloads(monkeypatch, models_dir, attempts=1, MODELS_CATALOG=str(models_dir.parent / "no-catalog.json"))
 
 
 class StandInDNS:
@@ -72,16 +62,6 @@ def dns(monkeypatch) -> StandInDNS:
     fake = StandInDNS()
     monkeypatch.setattr(socket, "getaddrinfo", fake)
     return fake
-
-
-def make_cache(catalog: dict | None = None, **kw) -> ModelCache:
-    return ModelCache(Settings.from_env(), Catalog.from_dict(catalog) if catalog else Catalog(), **kw)
-
-
-def leftovers(models_dir: Path) -> list[str]:
-    return [p.relative_to(models_dir).as_posix() for p in models_dir.rglob("*")
-            if p.is_file() and not p.relative_to(models_dir).as_posix().startswith(".locks/")
-            and p.name != "cache_registry.json"]
 
 
 def ca_dir(tmp_path: Path, name: str) -> Path:
