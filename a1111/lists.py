@@ -7,6 +7,7 @@ cache places a model, A1111 is asked to rescan that kind's folder.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from a1111.matching import (
     find_vae,
     split_sampler,
 )
+from schemas.errors import WorkerError
 
 
 def _as_list(value: Any) -> list[dict]:
@@ -41,6 +43,10 @@ def _embeddings(raw: Any) -> dict[str, dict]:
             for name, entry in (raw.get(state) or {}).items():
                 out[str(name)] = {**(entry if isinstance(entry, dict) else {}), "skipped": state == "skipped"}
     return out
+
+
+log = logging.getLogger(__name__)
+OPTIONS = "/sdapi/v1/options"
 
 
 @dataclass(frozen=True)
@@ -121,8 +127,22 @@ class LiveLists:
 
     def options(self) -> Any:
         """A1111's options as read at first use, kept for the worker's life: a1111/hatch.py
-        takes from them the values stated for the options a job leaves unset."""
-        return self.get("/sdapi/v1/options")
+        takes from them the values stated for the options a job leaves unset.
+
+        A failed first read is kept too (as {}: the built-in defaults apply from then on):
+        read again after a job had set an option, it would hand that job's value to every
+        later job as the "default"."""
+        with self._lock:
+            if OPTIONS in self._data:
+                return self._data[OPTIONS]
+        try:
+            return self.get(OPTIONS)
+        except WorkerError as exc:
+            log.warning("GET %s failed (%s): stating A1111's built-in default options from now on",
+                        OPTIONS, exc.message[:200])
+            with self._lock:
+                self._data[OPTIONS] = {}
+            return {}
 
     def listed_name(self, kind: str, name: str, *, fresh: bool = False) -> tuple[str | None, list[str]]:
         """(the name as A1111 lists it, or None; the listed names to suggest) for a checkpoint,

@@ -308,12 +308,7 @@ class _Resolver:
 
     def option_defaults(self) -> dict[str, Any]:
         """The value stated for each option a job may set (a1111/hatch.py option_defaults)."""
-        try:
-            read = self.lists.options()
-        except WorkerError as exc:
-            log.warning("GET /sdapi/v1/options failed (%s): stating A1111's default options", exc.message)
-            read = None
-        return option_defaults(read, self.settings.backend)
+        return option_defaults(self.lists.options(), self.settings.backend)
 
 
 def _relative(kind: str, path: str) -> str:

@@ -19,6 +19,7 @@ import pytest
 from tests.contract import assert_txt2img_conforms, openapi
 from tests.replay import recordings
 from tests.support.jobs import JobRunner, txt2img_bodies
+from tests.support.worker import warm_up
 
 run = JobRunner(job_id="hatch", base={"prompt": "a photo of a cat", "steps": 1, "width": 64, "height": 64})
 
@@ -134,6 +135,25 @@ def test_an_option_one_job_sets_is_reset_for_the_next(worker_env):
     for body in (one, two):  # every option a job may set, in every payload
         assert set(options_for("a1111")) <= set(body["override_settings"])
         assert_txt2img_conforms(body, "a1111")
+
+
+def test_a_failed_first_options_read_is_not_retried_after_a_job_set_an_option(worker_env):
+    """A1111's options cannot be read when the first job runs (simulated 500), and that job sets
+    ENSD 31337. Afterwards the replay server answers the options with 31337 in them, simulating
+    the A1111 that kept the job's override: the next job must state the built-in default (0),
+    not hand the first caller's value on as "A1111's own"."""
+    warm_up(worker_env)  # readiness reads the options too: get it out of the way first
+    worker_env.fault("GET", "/sdapi/v1/options", "status", status=500,
+                     body={"error": "RuntimeError", "detail": "", "body": "", "errors": "simulated"})
+    first = run({"a1111": {"override_settings": {"eta_noise_seed_delta": 31337}}})
+    assert "error" not in first, first
+    leaked = recordings("a1111")["get_options"]["response"]["json"] | {"eta_noise_seed_delta": 31337}
+    worker_env.fault("GET", "/sdapi/v1/options", "status", status=200, body=leaked)
+    second = run({})
+    assert "error" not in second, second
+    one, two = txt2img_bodies(worker_env)[-2:]
+    assert one["override_settings"]["eta_noise_seed_delta"] == 31337
+    assert two["override_settings"]["eta_noise_seed_delta"] == 0
 
 
 def test_the_stated_defaults_are_the_servers_own_options(worker_env):
