@@ -23,17 +23,19 @@ import time
 from typing import Any
 
 from a1111.client import A1111Client
+from a1111.health import health
 from a1111.holding import HeldModels
 from a1111.lists import MODEL_LISTS
 from a1111.payload import compile_txt2img, compile_warnings
 from a1111.progress import ProgressReporter
-from a1111.readiness import cold_start, ensure_ready, prewarm_in_background, recheck_unavailable
+from a1111.readiness import ensure_ready, prewarm_in_background, recheck_unavailable
 from a1111.resolve import resolve
 from a1111.results import combine, package
 from a1111.state import state_for
 from cache import ModelCache
 from cache.catalog import Catalog
 from cache.inspect import family_from_metadata
+from monitor.metrics import counted
 from output.delivery import deliver, preflight
 from schemas.errors import A1111Unavailable, JobTimeout, WorkerError, error_result
 from schemas.job import Job, parse_job, ref_value
@@ -94,23 +96,7 @@ def run_txt2img(job: dict, parsed: Job, settings: Settings, started: float) -> d
 
 
 def run_health(settings: Settings) -> dict:
-    client = get_client(settings)
-    t0 = time.monotonic()
-    client.get("/sdapi/v1/sd-models")
-    ping_ms = round((time.monotonic() - t0) * 1000, 1)
-    options = client.get("/sdapi/v1/options")
-    try:
-        memory = client.get("/sdapi/v1/memory")
-    except WorkerError as exc:
-        memory = {"error": exc.message}
-    return {
-        "status": "ok",
-        "backend": settings.backend,
-        "ping_ms": ping_ms,
-        "checkpoint": options.get("sd_model_checkpoint") if isinstance(options, dict) else None,
-        "memory": memory,
-        "cold_start": cold_start(settings),
-    }
+    return health(settings)
 
 
 def run_list_models(settings: Settings) -> dict:
@@ -170,6 +156,7 @@ def _refresh_lists(settings: Settings, placed: list[dict]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- entry points
+@counted  # every result, errors included, is counted for health
 def run_job(job: dict) -> dict:
     """Run one RunPod job; always returns a result dict (errors included)."""
     started = time.monotonic()

@@ -306,3 +306,9 @@ def prewarm_in_background(settings: Settings) -> threading.Thread:
     thread = threading.Thread(target=run, name="a1111-prewarm", daemon=True)
     thread.start()
     return thread
+
+
+def warming_up(settings: Settings) -> bool:
+    """True while a readiness check is under way; the health action reads it so that it
+    answers at once instead of waiting on the lock."""
+    return state_for(settings).readiness.lock.locked()
