@@ -17,6 +17,8 @@
 #   A1111_STATE_DIR   where the pid and log files go (default: /tmp/a1111-worker)
 #   A1111_LOG_ECHO    1 (default) also copies A1111's output to this script's stderr
 #   A1111_HF_HOME     A1111's Hugging Face cache (default: $MODELS_DIR/.cache/huggingface)
+#   START_MODELS      extra catalog ids placed before A1111 starts ("none": place nothing)
+#   START_MODELS_CMD  the placing command (default: "$HANDLER_PYTHON -m cache.at_start")
 set -euo pipefail
 
 WORKER_DIR="${WORKER_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}"
@@ -76,6 +78,24 @@ if [[ -d "$WEBUI_DIR/models" ]]; then
         ln -sfn "$MODELS_DIR/adetailer" "$ad_link"
     else
         log "WARNING: $ad_link is a non-empty folder; ADetailer models on the volume are not seen"
+    fi
+fi
+
+# --- start-time models (cache/at_start.py) -----------------------------------------------
+# A1111 reads upscalers and ADetailer detectors only while it starts, so the catalog models
+# flagged "at_start" for this backend, and the catalog ids in START_MODELS, are placed first.
+# It runs before A1111 rather than beside it: A1111 scans those folders a few seconds into
+# its start, and a file still downloading then would not be seen. Nothing else here waits,
+# and with the files already on the volume it costs one Python start. A model it cannot
+# place is logged; A1111 starts anyway. START_MODELS_CMD overrides the command (tests).
+if [[ "${START_MODELS:-}" != "none" ]]; then
+    if [[ -n "${START_MODELS_CMD:-}" ]]; then
+        read -r -a start_models_cmd <<<"$START_MODELS_CMD"
+    else
+        start_models_cmd=("$HANDLER_PYTHON" -m cache.at_start)
+    fi
+    if ! (cd "$WORKER_DIR" && exec "${start_models_cmd[@]}"); then
+        log "WARNING: some start-time models were not placed (lines [start-models] above); A1111 starts without them"
     fi
 fi
 

@@ -33,6 +33,7 @@ from a1111.matching import (
 from a1111.openapi import a1111_field_problems
 from a1111.placing import JobModels
 from a1111.resolved import Resolved, ResolvedLora
+from a1111.start_only import StartOnly
 from a1111.state import state_for
 from cache import KIND_DIRS
 from cache.inspect import family_from_metadata, model_family
@@ -340,7 +341,9 @@ def resolve(job: Job, settings: Any, catalog: Any = None, *, cache: Any = None) 
     # Looked up before any other model is placed (a ControlNet model may be placed here), as
     # the handler did when it checked them itself; reported after the other problems.
     extension_problems = check_extension_names(job, r.client, settings.backend,
-                                               cache=r.models.cache() if job.controlnet else None)
+                                               cache=r.models.cache() if job.controlnet else None,
+                                               start_only=StartOnly(catalog, Path(settings.models_dir),
+                                                                    settings.backend, settings.allow_pickle_models))
     sampler, scheduler, problems = resolve_sampler(job.sampler_name, job.scheduler,
                                                    lists.samplers(), lists.schedulers())
     if any(p.field == "sampler_name" for p in problems):  # a new sampler may have appeared
