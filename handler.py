@@ -32,6 +32,8 @@ from a1111.readiness import ensure_ready, prewarm_in_background, recheck_unavail
 from a1111.resolve import resolve
 from a1111.results import combine, package
 from a1111.state import state_for
+from actions.img2img import run_img2img
+from actions.upscale import run_upscale
 from cache import ModelCache
 from cache.catalog import Catalog
 from cache.inspect import family_from_metadata
@@ -172,6 +174,10 @@ def run_job(job: dict) -> dict:
             return run_list_models(settings)
         if parsed.action == "prefetch":
             return run_prefetch(parsed, settings, started)
+        if parsed.action == "upscale":
+            return run_upscale(job, parsed, settings, started, _raise_if_cancelled)
+        if parsed.init_images is not None:
+            return run_img2img(job, parsed, settings, started, _raise_if_cancelled)
         return run_txt2img(job, parsed, settings, started)
     except A1111Unavailable as exc:
         exc = recheck_unavailable(exc)  # a dead A1111 process: log tail + refresh_worker

@@ -212,3 +212,13 @@ def controlnet_model_listed(name: str, listed: list[str]) -> bool:
         if t == want or t.split(" [", 1)[0] == want or t.split(" [", 1)[0] == want.rsplit(".", 1)[0]:
             return True
     return False
+
+
+def find_upscaler(name: str, listed: list[dict]) -> dict | None:
+    """The /sdapi/v1/upscalers entry ``name`` means: its exact name, else the one name that
+    matches ignoring case (A1111's extras match the exact name only and fail otherwise)."""
+    exact = [e for e in listed if e.get("name") == name]
+    if exact:
+        return exact[0]
+    loose = [e for e in listed if str(e.get("name", "")).lower() == name.lower()]
+    return loose[0] if len(loose) == 1 else None

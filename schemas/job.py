@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from schemas.errors import Problem, problems_error
 from schemas.extensions import ADetailerField, ControlNetUnits, HiresSpec, adetailer_units
+from schemas.images import IMAGE_ALLOWED, ImageFields, image_problems
 from schemas.messages import clean_loc, got, loc_text
 from schemas.output import OutputOptions
 from schemas.presets import Angle, Quality, RubberTileColors, preset_problems
@@ -36,7 +37,7 @@ from schemas.refs import (
 __all__ = ["CivitaiSource", "HFSource", "Job", "LoraSpec", "ModelRef", "Source", "UrlSource", "parse_job",
            "ref_value"]
 
-ACTIONS = ("txt2img", "health", "list_models", "prefetch")
+ACTIONS = ("txt2img", "health", "list_models", "prefetch", "upscale")
 MAX_LORAS = 16
 MAX_EMBEDDINGS = 16
 MAX_PROMPT = 10_000
@@ -69,6 +70,7 @@ ALLOWED: dict[str, str] = {
     "action": "one of " + ", ".join(ACTIONS),
     "checkpoints": "a list of model references",
     "catalog": "true or false",
+    **IMAGE_ALLOWED,
 }
 # Names people bring from other tools; the suggestion for an unknown field.
 SYNONYMS = {
@@ -158,13 +160,13 @@ Size = Annotated[int | None, Field(None, ge=64, le=2048), AfterValidator(_multip
 Weight = Annotated[float, Field(ge=-5.0, le=5.0, allow_inf_nan=False)]
 
 
-class Job(BaseModel):
+class Job(ImageFields, BaseModel):
     """One job's input; defaults that depend on the checkpoint or a preset stay None here and
     are applied by the payload compiler, so a preset can tell what the caller set."""
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
-    action: Literal["txt2img", "health", "list_models", "prefetch"] = "txt2img"
+    action: Literal["txt2img", "health", "list_models", "prefetch", "upscale"] = "txt2img"
     prompt: Annotated[str | None, AfterValidator(_not_blank), AfterValidator(_no_tags)] = Field(
         None, max_length=MAX_PROMPT)
     negative_prompt: Annotated[str, AfterValidator(_no_tags)] = Field("", max_length=MAX_PROMPT)
@@ -277,6 +279,8 @@ def _action_problems(job: Job) -> list[Problem]:
         if not (given & PREFETCH_FIELDS):
             problems.append(Problem("action", "action 'prefetch' needs at least one of checkpoints, loras, "
                                               "embeddings or catalog: true"))
+    elif job.action == "upscale":
+        problems.extend(image_problems(job))
     else:
         for name in sorted(given & TXT2IMG_ONLY):
             problems.append(Problem(name, f"'{name}' is only used with action 'prefetch'"))
@@ -284,6 +288,7 @@ def _action_problems(job: Job) -> list[Problem]:
             problems.append(Problem("prompt", f"prompt is required: {ALLOWED['prompt']}"))
         problems.extend(preset_problems(job))
         problems.extend(_adetailer_tag_problems(job))
+        problems.extend(image_problems(job))
     return problems
 
 
