@@ -26,8 +26,8 @@ def start_only_message(fld: str, name: str, path: str) -> str:
     """The one sentence for an upscaler placed now that A1111 can use only after a restart."""
     return (f"{fld} '{name}' was not installed on this worker; it has been placed in MODELS_DIR/{path}, but "
             "A1111 reads its upscaler folder only when it starts, so it becomes usable after the worker "
-            "restarts (this worker is being recycled: send the job again). To have it from the start, "
-            "place it when workers start (the start-time model placement)")
+            "restarts (this worker is being recycled: send the job again). To have it on every new worker "
+            f"from the start, add {name} to START_MODELS or flag its catalog entry at_start in models.json")
 
 
 def _place(fld: str, name: str, cache: Any) -> Problem:
