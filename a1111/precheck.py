@@ -59,19 +59,24 @@ def _listed_name_problems(job: Job, lists: Any, catalog: Any, settings: Any) -> 
         refs.append(("checkpoint", "checkpoint", job.checkpoint))
     refs += [("lora", fld, ref) for ref, _, fld in job.lora_refs() if isinstance(ref, str)]
     refs += [("embedding", f"embeddings[{i}]", ref) for i, ref in enumerate(job.embeddings) if isinstance(ref, str)]
+    reread: set[str] = set()  # at most one fresh read of each list per job, however many names miss
     for kind, fld, name in refs:
-        if not _known(kind, name, lists, catalog, settings):
+        if not _known(kind, name, lists, catalog, settings, reread):
             problems.append(unknown(fld, kind, name, _candidates(kind, lists, catalog),
                                     error_type=ModelNotFound.error_type))
     return problems
 
 
-def _known(kind: str, name: str, lists: Any, catalog: Any, settings: Any) -> bool:
+def _known(kind: str, name: str, lists: Any, catalog: Any, settings: Any, reread: set[str]) -> bool:
     entry = _catalog_entry(catalog, name, kind)
     if entry is not None:  # a catalog id: resolve places it (a download) once the job is valid
         return True
-    if any(lists.find(kind, name, fresh=fresh) is not None for fresh in (False, True)):
+    if lists.find(kind, name) is not None:
         return True
+    if kind not in reread:  # A1111 may have been given the file meanwhile
+        reread.add(kind)
+        if lists.find(kind, name, fresh=True) is not None:
+            return True
     folder = Path(settings.models_dir) / KIND_DIRS[kind]
     try:  # a file on the volume A1111 does not list yet: resolve refreshes its list
         return any(p.stem.lower() == Path(name).stem.lower() for p in folder.iterdir() if p.is_file())
