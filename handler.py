@@ -14,6 +14,11 @@ in tests and tools.
 
 from __future__ import annotations
 
+import sys
+
+if sys.version_info < (3, 11):  # the pinned numpy / pillow and this code need 3.11 (pyproject.toml)
+    sys.exit(f"handler.py needs Python 3.11 or newer, this is Python {sys.version.split()[0]}: use a 3.11+ venv")
+
 import asyncio
 import contextvars
 import logging
@@ -27,6 +32,7 @@ from a1111.health import health
 from a1111.holding import HeldModels
 from a1111.lists import MODEL_LISTS
 from a1111.payload import compile_txt2img, compile_warnings
+from a1111.precheck import name_problems
 from a1111.progress import ProgressReporter
 from a1111.readiness import ensure_ready, prewarm_in_background, recheck_unavailable
 from a1111.resolve import resolve
@@ -166,7 +172,8 @@ def run_job(job: dict) -> dict:
     job_id = job.get("id")
     try:
         settings = Settings.from_env()
-        parsed = parse_job(job.get("input"))
+        # Names are checked with the field problems, so that a bad job needs one round.
+        parsed = parse_job(job.get("input"), names=lambda j: name_problems(j, settings, load_catalog(settings)))
         log.info("job %s: action %s", job_id, parsed.action)
         if parsed.action == "health":
             return run_health(settings)

@@ -42,6 +42,8 @@ from schemas.job import Job, Source
 
 log = logging.getLogger(__name__)
 
+EMPTY_PROMPT_WARNING = "prompt is empty: A1111 generates an image without a text condition"
+
 
 class _Resolver:
     """One job's name resolution: the problems found and warnings given so far."""
@@ -338,6 +340,8 @@ def resolve(job: Job, settings: Any, catalog: Any = None, *, cache: Any = None) 
     listing every problem (see schemas.errors.problems_error for which error it is)."""
     r = _Resolver(job, settings, catalog, cache)
     lists = r.lists
+    if not (job.prompt or "").strip():  # A1111 accepts it; the caller may not have meant it
+        r.warnings.append(EMPTY_PROMPT_WARNING)
     # Looked up before any other model is placed (a ControlNet model may be placed here), as
     # the handler did when it checked them itself; reported after the other problems.
     extension_problems = check_extension_names(job, r.client, settings.backend,
