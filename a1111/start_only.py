@@ -2,10 +2,11 @@
 
 Upscaler files (``--esrgan-models-path``) and ADetailer detectors are listed once, while
 A1111 starts: placing the file during a txt2img/img2img job would not help that job, so
-those jobs never download them (the upscale action does place a catalog upscaler it is asked
-for and recycles the worker, a1111/upscalers.py, because upscaling is the whole job). For a catalog model of those kinds, the job's
-error says what makes it present at the next start (cache/at_start.py places START_MODELS and the catalog's
-``at_start`` entries before A1111 starts).
+those jobs never download them (the upscale action does place a catalog upscaler it is
+asked for and recycles the worker, a1111/upscalers.py, because upscaling is the whole job).
+For a catalog model of those kinds, the job's error says what makes it present at the next
+start (cache/at_start.py places START_MODELS and the catalog's ``at_start`` entries before
+A1111 starts).
 """
 
 from __future__ import annotations
