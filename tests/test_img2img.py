@@ -116,7 +116,7 @@ def test_bad_init_image_is_a_clear_error_before_generation(env: ReplayServer, ca
 
 def test_bad_mask_is_named(env: ReplayServer) -> None:
     out = run({"prompt": "a cat", "init_images": [image_b64()], "mask": b64(b"GIF89a" + b"\0" * 64)})
-    assert out["error_type"] == "validation" and out["error"].startswith("mask is not a PNG")
+    assert out["error_type"] == "validation" and out["error"].startswith("validation: mask is not a PNG")
     assert sent(env) == []
 
 

@@ -86,7 +86,7 @@ def test_upscale_needs_its_fields(env: ReplayServer) -> None:
 
 def test_bad_upscale_image_is_named(env: ReplayServer) -> None:
     out = run({"images": [image_b64(), "not-base64!"], "upscaler_1": "Lanczos"})
-    assert out["error_type"] == "validation" and out["error"].startswith("images[1] is not valid base64")
+    assert out["error_type"] == "validation" and out["error"].startswith("validation: images[1] is not valid base64")
     assert extras(env) == []
 
 
