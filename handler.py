@@ -14,6 +14,11 @@ in tests and tools.
 
 from __future__ import annotations
 
+import sys
+
+if sys.version_info < (3, 11):  # the pinned numpy / pillow and this code need 3.11 (pyproject.toml)
+    sys.exit(f"handler.py needs Python 3.11 or newer, this is Python {sys.version.split()[0]}: use a 3.11+ venv")
+
 import asyncio
 import contextvars
 import logging
@@ -23,17 +28,22 @@ import time
 from typing import Any
 
 from a1111.client import A1111Client
+from a1111.health import health
 from a1111.holding import HeldModels
 from a1111.lists import MODEL_LISTS
 from a1111.payload import compile_txt2img, compile_warnings
+from a1111.precheck import name_problems
 from a1111.progress import ProgressReporter
-from a1111.readiness import cold_start, ensure_ready, prewarm_in_background, recheck_unavailable
+from a1111.readiness import ensure_ready, prewarm_in_background, recheck_unavailable
 from a1111.resolve import resolve
 from a1111.results import combine, package
 from a1111.state import state_for
+from actions.img2img import run_img2img
+from actions.upscale import run_upscale
 from cache import ModelCache
 from cache.catalog import Catalog
 from cache.inspect import family_from_metadata
+from monitor.metrics import counted
 from output.delivery import deliver, preflight
 from schemas.errors import A1111Unavailable, JobTimeout, WorkerError, error_result
 from schemas.job import Job, parse_job, ref_value
@@ -94,23 +104,7 @@ def run_txt2img(job: dict, parsed: Job, settings: Settings, started: float) -> d
 
 
 def run_health(settings: Settings) -> dict:
-    client = get_client(settings)
-    t0 = time.monotonic()
-    client.get("/sdapi/v1/sd-models")
-    ping_ms = round((time.monotonic() - t0) * 1000, 1)
-    options = client.get("/sdapi/v1/options")
-    try:
-        memory = client.get("/sdapi/v1/memory")
-    except WorkerError as exc:
-        memory = {"error": exc.message}
-    return {
-        "status": "ok",
-        "backend": settings.backend,
-        "ping_ms": ping_ms,
-        "checkpoint": options.get("sd_model_checkpoint") if isinstance(options, dict) else None,
-        "memory": memory,
-        "cold_start": cold_start(settings),
-    }
+    return health(settings)
 
 
 def run_list_models(settings: Settings) -> dict:
@@ -170,6 +164,7 @@ def _refresh_lists(settings: Settings, placed: list[dict]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- entry points
+@counted  # every result, errors included, is counted for health
 def run_job(job: dict) -> dict:
     """Run one RunPod job; always returns a result dict (errors included)."""
     started = time.monotonic()
@@ -177,7 +172,8 @@ def run_job(job: dict) -> dict:
     job_id = job.get("id")
     try:
         settings = Settings.from_env()
-        parsed = parse_job(job.get("input"))
+        # Names are checked with the field problems, so that a bad job needs one round.
+        parsed = parse_job(job.get("input"), names=lambda j: name_problems(j, settings, load_catalog(settings)))
         log.info("job %s: action %s", job_id, parsed.action)
         if parsed.action == "health":
             return run_health(settings)
@@ -185,6 +181,10 @@ def run_job(job: dict) -> dict:
             return run_list_models(settings)
         if parsed.action == "prefetch":
             return run_prefetch(parsed, settings, started)
+        if parsed.action == "upscale":
+            return run_upscale(job, parsed, settings, started, _raise_if_cancelled)
+        if parsed.init_images is not None:
+            return run_img2img(job, parsed, settings, started, _raise_if_cancelled)
         return run_txt2img(job, parsed, settings, started)
     except A1111Unavailable as exc:
         exc = recheck_unavailable(exc)  # a dead A1111 process: log tail + refresh_worker

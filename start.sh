@@ -21,6 +21,8 @@
 #   A1111_HALF_VAE    1 runs the VAE in half precision again (drops --no-half-vae; default 0)
 #   A1111_TCMALLOC    0 stops preloading tcmalloc into A1111 (default 1: preloaded when present)
 #   A1111_TCMALLOC_DIRS  folders searched for libtcmalloc (default: the system library folders)
+#   START_MODELS      extra catalog ids placed before A1111 starts ("none": place nothing)
+#   START_MODELS_CMD  the placing command (default: "$HANDLER_PYTHON -m cache.at_start")
 set -euo pipefail
 
 WORKER_DIR="${WORKER_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}"
@@ -80,6 +82,24 @@ if [[ -d "$WEBUI_DIR/models" ]]; then
         ln -sfn "$MODELS_DIR/adetailer" "$ad_link"
     else
         log "WARNING: $ad_link is a non-empty folder; ADetailer models on the volume are not seen"
+    fi
+fi
+
+# --- start-time models (cache/at_start.py) -----------------------------------------------
+# A1111 reads upscalers and ADetailer detectors only while it starts, so the catalog models
+# flagged "at_start" for this backend, and the catalog ids in START_MODELS, are placed first.
+# It runs before A1111 rather than beside it: A1111 scans those folders a few seconds into
+# its start, and a file still downloading then would not be seen. Nothing else here waits,
+# and with the files already on the volume it costs one Python start. A model it cannot
+# place is logged; A1111 starts anyway. START_MODELS_CMD overrides the command (tests).
+if [[ "${START_MODELS:-}" != "none" ]]; then
+    if [[ -n "${START_MODELS_CMD:-}" ]]; then
+        read -r -a start_models_cmd <<<"$START_MODELS_CMD"
+    else
+        start_models_cmd=("$HANDLER_PYTHON" -m cache.at_start)
+    fi
+    if ! (cd "$WORKER_DIR" && exec "${start_models_cmd[@]}"); then
+        log "WARNING: some start-time models were not placed (lines [start-models] above); A1111 starts without them"
     fi
 fi
 

@@ -186,11 +186,12 @@ class A1111Client:
     def post(self, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
         return self.request("POST", path, body, timeout=timeout)
 
-    def txt2img(self, payload: dict, *, deadline: float | None = None) -> dict:
+    def txt2img(self, payload: dict, *, deadline: float | None = None, route: str = TXT2IMG) -> dict:
         """POST the payload once. ``deadline`` is a ``time.monotonic()`` value; past it, A1111
         is interrupted and JobTimeout raised. A generation interrupted meanwhile (by the
         deadline or by ``interrupt()`` from another thread, e.g. a cancel) is never returned
-        as a success, although A1111 answers it with 200 and partial images."""
+        as a success, although A1111 answers it with 200 and partial images. ``route``: the
+        generation route (img2img takes the same path through here)."""
         read = self.read_timeout * 10 if deadline is None else deadline - time.monotonic()
         if read <= 0:
             raise JobTimeout("the job reached its time limit before generation started")
@@ -198,7 +199,7 @@ class A1111Client:
             interrupts_before = self._interrupts
         started = time.monotonic()
         try:
-            resp = self._send("POST", TXT2IMG, json_body=payload, timeout=(self.connect_timeout, read),
+            resp = self._send("POST", route, json_body=payload, timeout=(self.connect_timeout, read),
                               retry_any_connection_error=False)
         except requests.ReadTimeout:
             waited = time.monotonic() - started
@@ -215,7 +216,7 @@ class A1111Client:
         except requests.exceptions.ChunkedEncodingError:  # the answer broke off after its headers
             raise A1111Unavailable("A1111 closed the connection while sending the txt2img answer "
                                    "(did the process die?)") from None
-        body = self._decode("POST", TXT2IMG, resp)
+        body = self._decode("POST", route, resp)
         with self._lock:
             interrupted = self._interrupts != interrupts_before
         if interrupted:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from a1111.matching import controlnet_model_listed, did_you_mean
+from a1111.start_only import StartOnly, with_hint
 from schemas.errors import A1111Unavailable, ModelNotFound, Problem, WorkerError
 from schemas.extensions import ControlNetUnit, adetailer_units
 
@@ -39,7 +40,7 @@ def _controlnet_models(client: Any, *, update: bool = False) -> tuple[list[str] 
     return [str(m) for m in body.get("model_list", [])], None
 
 
-def _check_hires(job: Any, client: Any) -> list[Problem]:
+def _check_hires(job: Any, client: Any, start_only: StartOnly | None) -> list[Problem]:
     hires = getattr(job, "hires", None)
     if hires is None:
         return []
@@ -50,13 +51,14 @@ def _check_hires(job: Any, client: Any) -> list[Problem]:
             names += [str(e.get("name")) for e in body if isinstance(e, dict)]
     if hires.upscaler in names:
         return []
-    return [_problem("hires.upscaler",
+    hint = start_only.hint("upscaler", hires.upscaler) if start_only else ""
+    return [_problem("hires.upscaler", with_hint(
                      f"hires.upscaler {hires.upscaler!r} is not an upscaler this server lists "
                      f"(/sdapi/v1/upscalers, /sdapi/v1/latent-upscale-modes; upscaler files in the upscalers "
-                     f"folder are read at start-up); {did_you_mean(hires.upscaler, names)}")]
+                     f"folder are read at start-up); {did_you_mean(hires.upscaler, names)}", hint))]
 
 
-def _check_adetailer(job: Any, client: Any) -> list[Problem]:
+def _check_adetailer(job: Any, client: Any, start_only: StartOnly | None) -> list[Problem]:
     units = adetailer_units(getattr(job, "adetailer", None))
     if not units:
         return []
@@ -66,9 +68,10 @@ def _check_adetailer(job: Any, client: Any) -> list[Problem]:
                                       f"provide (GET /adetailer/v1/ad_model: {why})", "validation")]
     listed = [str(m) for m in body.get("ad_model", [])]
     return [
-        _problem(f"adetailer[{i}].model",
+        _problem(f"adetailer[{i}].model", with_hint(
                  f"adetailer[{i}].model {u.model!r} is not a detector model ADetailer lists (models are read "
-                 f"from the adetailer folder and Hugging Face at start-up); {did_you_mean(u.model, listed)}")
+                 f"from the adetailer folder and Hugging Face at start-up); {did_you_mean(u.model, listed)}",
+                 start_only.hint("adetailer", u.model) if start_only else ""))
         for i, u in enumerate(units) if u.model not in listed
     ]
 
@@ -141,12 +144,14 @@ def _check_modules(job: Any, client: Any, backend: str) -> list[Problem]:
     ]
 
 
-def check_extension_names(job: Any, client: Any, backend: str, *, cache: Any = None) -> list[Problem]:
+def check_extension_names(job: Any, client: Any, backend: str, *, cache: Any = None,
+                          start_only: StartOnly | None = None) -> list[Problem]:
     """Every problem with the job's upscaler, detector, ControlNet and module names.
 
     [] when all names are listed. With a
     ``cache`` (cache.ModelCache), catalog ControlNet models that are missing are placed
-    first. Raises A1111Unavailable only when A1111 itself does not answer.
+    first; with ``start_only``, an unlisted catalog upscaler or detector is told how to get it.
+    Raises A1111Unavailable only when A1111 itself does not answer.
     """
-    return (_check_hires(job, client) + _check_adetailer(job, client)
+    return (_check_hires(job, client, start_only) + _check_adetailer(job, client, start_only)
             + _check_controlnet(job, client, cache) + _check_modules(job, client, backend))

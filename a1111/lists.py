@@ -20,10 +20,11 @@ from a1111.matching import (
     find_embedding,
     find_lora,
     find_scheduler,
+    find_upscaler,
     find_vae,
     split_sampler,
 )
-from schemas.errors import WorkerError
+from schemas.errors import A1111Error, WorkerError
 
 
 def _as_list(value: Any) -> list[dict]:
@@ -54,7 +55,8 @@ class ModelList:
     """How A1111 lists one kind of model."""
 
     route: str                            # GET route of the list
-    refresh: str                          # POST /sdapi/v1/refresh-<refresh> rescans the kind's folder
+    refresh: str | None                   # POST /sdapi/v1/refresh-<refresh> rescans the kind's folder;
+                                          # None: A1111 scans it only when it starts
     parse: Callable[[Any], Any]           # A1111's answer -> the usable entries
     find: Callable[[str, Any], Any]       # (name, entries) -> the matching entry, or None
 
@@ -63,6 +65,9 @@ MODEL_LISTS: dict[str, ModelList] = {
     "checkpoint": ModelList("/sdapi/v1/sd-models", "checkpoints", _checkpoints, find_checkpoint),
     "lora": ModelList("/sdapi/v1/loras", "loras", _as_list, find_lora),
     "embedding": ModelList("/sdapi/v1/embeddings", "embeddings", _embeddings, find_embedding),
+    # A1111 v1.10 reads its upscaler folders once, at start (modules/modelloader.load_upscalers
+    # from initialize; no API route rescans them).
+    "upscaler": ModelList("/sdapi/v1/upscalers", None, _as_list, find_upscaler),
 }
 
 
@@ -103,8 +108,12 @@ class LiveLists:
         return MODEL_LISTS[kind].find(name, self.models(kind, fresh=fresh))
 
     def refresh(self, kind: str) -> None:
-        """Ask A1111 to rescan the folder of ``kind``; the next fresh read shows what it found."""
-        self.client.refresh(MODEL_LISTS[kind].refresh)
+        """Ask A1111 to rescan the folder of ``kind``; the next fresh read shows what it found.
+        Raises A1111Error for a kind A1111 rescans only when it starts (upscalers)."""
+        route = MODEL_LISTS[kind].refresh
+        if route is None:
+            raise A1111Error(f"A1111 has no route that rescans its {kind} folder; it reads it when it starts")
+        self.client.refresh(route)
 
     def samplers(self, fresh: bool = False) -> list[dict]:
         return _as_list(self.get("/sdapi/v1/samplers", fresh=fresh))

@@ -100,6 +100,34 @@ def unknown(fld: str, what: str, name: str, candidates: list[str], *, error_type
     return Problem(fld, msg, error_type, hints={"suggestions": suggest(name, candidates)})
 
 
+def legacy_guess(name: str, samplers: list[dict], schedulers: list[dict]) -> str | None:
+    """The legacy "<sampler> <scheduler>" name ``name`` was probably meant to be, when it
+    starts with a real sampler and ends with a misspelt scheduler ("DPM++ 2M Karas"); the
+    longest sampler prefix wins, as in split_sampler."""
+    wanted = name.strip().lower()
+    labels = [str(s.get("label") or s.get("name")) for s in schedulers]
+    for low, sampler in sorted(_sampler_index(samplers).items(), key=lambda x: -len(x[0])):
+        if wanted.startswith(low + " "):
+            close = suggest(wanted[len(low) + 1:].strip(), labels, n=1)
+            if close:
+                return f"{sampler} {close[0]}"
+    return None
+
+
+def unknown_sampler(name: str, samplers: list[dict], schedulers: list[dict]) -> Problem:
+    """An unknown sampler name, with the legacy combined name it looks like first, then the
+    closest sampler names (difflib alone would rank "DPM++ 2M SDE" above 2M + Karras)."""
+    names = [str(s.get("name")) for s in samplers]
+    guess = legacy_guess(name, samplers, schedulers)
+    if guess is None:
+        return unknown("sampler_name", "sampler", name, names)
+    sampler, scheduler = split_sampler(guess, samplers, schedulers) or (guess, None)
+    close = [guess] + [c for c in suggest(name, names) if c != sampler][:2]
+    return Problem("sampler_name", f"unknown sampler '{name}'; did you mean '{guess}' (sampler '{sampler}' with "
+                                   f"scheduler '{scheduler}')" + "".join(f" or '{c}'" for c in close[1:]) + "?",
+                   hints={"suggestions": close})
+
+
 def resolve_sampler(sampler_name: str | None, scheduler: str | None, samplers: list[dict],
                     schedulers: list[dict]) -> tuple[str, str, list[Problem]]:
     """(sampler, scheduler label, problems)."""
@@ -108,7 +136,7 @@ def resolve_sampler(sampler_name: str | None, scheduler: str | None, samplers: l
     if sampler_name is not None:
         split = split_sampler(sampler_name, samplers, schedulers)
         if split is None:
-            problems.append(unknown("sampler_name", "sampler", sampler_name, [str(s.get("name")) for s in samplers]))
+            problems.append(unknown_sampler(sampler_name, samplers, schedulers))
         else:
             sampler, implied = split
     chosen = implied or DEFAULT_SCHEDULER
@@ -212,3 +240,13 @@ def controlnet_model_listed(name: str, listed: list[str]) -> bool:
         if t == want or t.split(" [", 1)[0] == want or t.split(" [", 1)[0] == want.rsplit(".", 1)[0]:
             return True
     return False
+
+
+def find_upscaler(name: str, listed: list[dict]) -> dict | None:
+    """The /sdapi/v1/upscalers entry ``name`` means: its exact name, else the one name that
+    matches ignoring case (A1111's extras match the exact name only and fail otherwise)."""
+    exact = [e for e in listed if e.get("name") == name]
+    if exact:
+        return exact[0]
+    loose = [e for e in listed if str(e.get("name", "")).lower() == name.lower()]
+    return loose[0] if len(loose) == 1 else None

@@ -6,10 +6,13 @@ warm-up txt2img (64x64, 1 step) has run. The API answers seconds before the mode
 loaded, and a txt2img sent meanwhile just waits, so the warm-up is the only proof that a
 real job will run.
 
-The first job waits for all of it, bounded by ``A1111_READY_TIMEOUT`` counted from the
-moment A1111 was launched; once ready, later calls only check that the process is still
-alive (no HTTP). A dead A1111 fails the job at once, with the tail of its log, and asks
-RunPod to recycle the worker. The cold-start phases are logged and kept for ``health``.
+The sequence runs once, in a thread of its own (started at worker start by
+``prewarm_in_background``, or by the first job), bounded by ``A1111_READY_TIMEOUT`` counted
+from the moment A1111 was launched. Each job waits for that thread's outcome only until its
+own deadline, then fails with ``timeout`` while the thread goes on for the next job; once
+ready, later calls only check that the process is still alive (no HTTP). A dead A1111
+fails the job at once, with the tail of its log, and asks RunPod to recycle the worker.
+The cold-start phases are logged and kept for ``health``; ``phase_now`` says what is awaited.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import socket
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -65,22 +69,93 @@ def cold_start(settings: Settings) -> dict[str, Any]:
     return {"ready": st.ready, **st.cold.as_dict()}
 
 
+def phase_now(settings: Settings) -> str:
+    """What readiness is doing now, without waiting or any HTTP: "ready", the phase the
+    warm-up waits for ("API answering", "default checkpoint loaded", "warm-up generation"),
+    or "not waiting" (nothing started yet, or the last wait failed; the next job retries)."""
+    st = state_for(settings).readiness
+    if st.ready:
+        return "ready"
+    attempt = st.attempt
+    return attempt.phase if isinstance(attempt, _Attempt) else "not waiting"
+
+
+@dataclass
+class _Attempt:
+    """One run of the readiness sequence, in a thread of its own and bounded only by
+    A1111_READY_TIMEOUT: jobs wait for its outcome up to their own deadlines, so a job that
+    gives up never cuts short a probe or the warm-up txt2img that the next job needs."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    phase: str = "API answering"
+    error: BaseException | None = None
+    thread: threading.Thread | None = None
+
+
 def ensure_ready(settings: Settings, supervisor: Supervisor | None = None, *,
                  deadline: float | None = None) -> None:
     """Return when A1111 is ready; raise A1111Unavailable otherwise (see module doc).
 
     ``deadline`` (a ``time.monotonic()`` value) is the job's own time limit: reaching it
-    first fails the job with JobTimeout while A1111 goes on starting for the next job.
-    The probes use their own HTTP session with short timeouts and no retries, not the
-    job's client, because polling must be fast and cheap.
+    first fails the job with JobTimeout while the wait goes on for the next job. The probes
+    use their own HTTP session with short timeouts and no retries, not the job's client,
+    because polling must be fast and cheap.
     """
     sup = supervisor if supervisor is not None else Supervisor.from_env()
     st = state_for(settings).readiness
+    if st.ready:
+        _check_alive(sup)
+        return
+    attempt = _start_attempt(st, settings, sup)
+    if attempt is None:  # became ready meanwhile
+        return
+    left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    if not attempt.done.wait(left):
+        raise _still_starting(settings, sup, st, attempt)
+    if attempt.error is not None:
+        raise attempt.error
+
+
+def _start_attempt(st: ReadyState, settings: Settings, sup: Supervisor) -> _Attempt | None:
+    """The attempt in progress, or a new one started now; None when A1111 is ready."""
     with st.lock:
         if st.ready:
-            _check_alive(sup)
-            return
-        _wait_until_ready(st, settings, sup, deadline)
+            return None
+        if isinstance(st.attempt, _Attempt):
+            return st.attempt
+        attempt = _Attempt()
+        attempt.thread = threading.Thread(target=_run_attempt, args=(st, settings, sup, attempt),
+                                          name="a1111-readiness", daemon=True)
+        st.attempt = attempt
+        attempt.thread.start()
+        return attempt
+
+
+def _run_attempt(st: ReadyState, settings: Settings, sup: Supervisor, attempt: _Attempt) -> None:
+    try:
+        _wait_until_ready(st, settings, sup, attempt)
+    except Exception as exc:  # noqa: BLE001 - handed to every job that waits on this attempt
+        attempt.error = exc
+        log.warning("A1111 not ready: %s", getattr(exc, "message", exc))
+    finally:
+        # Cleared before done is set: a job that sees a failure and asks again starts afresh.
+        with st.lock:
+            if st.attempt is attempt:
+                st.attempt = None
+        attempt.done.set()
+
+
+def _still_starting(settings: Settings, sup: Supervisor, st: ReadyState, attempt: _Attempt) -> JobTimeout:
+    launched = sup.started_at() or st.first_call
+    since = f", {time.time() - launched:.1f} s after its launch" if launched else ""
+    seen = [name for name, v in (("API up", st.cold.api_up_s), ("model loaded", st.cold.model_loaded_s))
+            if v is not None]
+    return JobTimeout(
+        f"the job reached its time limit (JOB_TIMEOUT={settings.job_timeout_s:g} s) while A1111 was still "
+        f"starting (waiting for: {attempt.phase}{since}; done so far: {', '.join(seen) or 'nothing'}); "
+        f"the worker keeps starting it (up to A1111_READY_TIMEOUT={settings.ready_timeout_s:g} s), "
+        "so a later job can use it"
+    )
 
 
 def _check_alive(sup: Supervisor) -> None:
@@ -97,7 +172,8 @@ def _died(sup: Supervisor, what: str) -> A1111ProcessDied:
     )
 
 
-def _wait_until_ready(st: ReadyState, settings: Settings, sup: Supervisor, job_deadline: float | None) -> None:
+def _ready_deadline(st: ReadyState, settings: Settings, sup: Supervisor) -> tuple[float, float, bool]:
+    """(monotonic deadline, wall-clock reference the phases are timed from, already late)."""
     now_wall = time.time()
     launched = sup.started_at()
     if launched is None:
@@ -109,18 +185,17 @@ def _wait_until_ready(st: ReadyState, settings: Settings, sup: Supervisor, job_d
     st.cold.launched_at = launched
     deadline_wall = launched_ref + settings.ready_timeout_s
     late = now_wall >= deadline_wall
-    # Work against the monotonic clock from here on.
-    deadline = time.monotonic() + (LATE_GRACE_S if late else deadline_wall - now_wall)
-    job_first = job_deadline is not None and job_deadline < deadline
-    if job_first:
-        deadline = job_deadline
+    return time.monotonic() + (LATE_GRACE_S if late else deadline_wall - now_wall), launched_ref, late
+
+
+def _wait_until_ready(st: ReadyState, settings: Settings, sup: Supervisor, attempt: _Attempt) -> None:
+    deadline, launched_ref, late = _ready_deadline(st, settings, sup)
     url = settings.a1111_url
-    phase = "API answering"
     last_error = "no answer yet"
     with requests.Session() as http:
         http.trust_env = False  # never route loopback calls through a proxy from the env
         try:
-            models = _poll_api(http, url, sup, deadline)
+            models = _poll_api(http, url, sup, deadline, st)
             _mark(st, "api_up", launched_ref)
             if not models:
                 # A fresh volume may hold no checkpoint yet: the job that names one will
@@ -128,26 +203,21 @@ def _wait_until_ready(st: ReadyState, settings: Settings, sup: Supervisor, job_d
                 st.cold.no_checkpoint = True
                 log.warning("A1111 lists no checkpoint yet; ready without warm-up")
             else:
-                phase = "default checkpoint loaded"
-                _poll_model(http, url, sup, deadline)
+                attempt.phase = "default checkpoint loaded"
+                _poll_model(http, url, sup, deadline, st)
                 _mark(st, "model_loaded", launched_ref)
-                phase = "warm-up generation"
+                attempt.phase = "warm-up generation"
                 _warm_up(http, url, sup, deadline)
                 _mark(st, "warm", launched_ref)
         except _NotYet as exc:
             last_error = str(exc) or last_error
-            if job_first:
-                raise JobTimeout(
-                    f"the job reached its time limit (JOB_TIMEOUT={settings.job_timeout_s:g} s) while A1111 "
-                    f"was still starting (waiting for: {phase}); later jobs keep waiting for it"
-                ) from None
-            raise _not_ready(settings, sup, phase, last_error, late) from None
+            raise _not_ready(settings, sup, attempt.phase, last_error, late) from None
     st.ready = True
     c = st.cold
     log.info(
         "A1111 ready: API up %s, model loaded %s, warm %s (seconds after %s)",
         _fmt(c.api_up_s), _fmt(c.model_loaded_s), _fmt(c.warm_s),
-        "process start" if launched is not None else "first job",
+        "process start" if c.launched_at is not None else "first job",
     )
 
 
@@ -184,7 +254,13 @@ def _timeout(deadline: float, read: float) -> tuple[float, float]:
     return (min(_PROBE_TIMEOUT[0], left), min(read, left))
 
 
-def _poll_api(http: requests.Session, url: str, sup: Supervisor, deadline: float) -> list:
+def _forgotten(st: ReadyState, url: str) -> bool:
+    # reset_worker_state() made a new state for this URL: a later server may reuse the port
+    # and must not get this stale wait's probes or warm-up.
+    return state_for(url).readiness is not st
+
+
+def _poll_api(http: requests.Session, url: str, sup: Supervisor, deadline: float, st: ReadyState) -> list:
     # While nothing listens, a bare TCP connect is refused in microseconds; the HTTP probe
     # (a few hundred microseconds of CPU in requests) runs only once the port accepts. That
     # keeps a 5 ms poll at a few percent of one core while A1111 imports torch next door.
@@ -197,6 +273,8 @@ def _poll_api(http: requests.Session, url: str, sup: Supervisor, deadline: float
         if now >= next_alive_check:
             if sup.alive() is False:
                 raise _died(sup, "A1111 exited during start-up")
+            if _forgotten(st, url):
+                raise _NotYet("the worker's state was reset")
             next_alive_check = now + ALIVE_CHECK_S
         if _port_open(address, deadline):
             try:
@@ -222,11 +300,13 @@ def _port_open(address: tuple[str, int], deadline: float) -> bool:
         return False
 
 
-def _poll_model(http: requests.Session, url: str, sup: Supervisor, deadline: float) -> str:
+def _poll_model(http: requests.Session, url: str, sup: Supervisor, deadline: float, st: ReadyState) -> str:
     last = "sd_model_checkpoint not set"
     while True:
         if sup.alive() is False:
             raise _died(sup, "A1111 exited while loading the checkpoint")
+        if _forgotten(st, url):
+            raise _NotYet("the worker's state was reset")
         try:
             resp = http.get(f"{url}/sdapi/v1/options", timeout=_timeout(deadline, _PROBE_TIMEOUT[1]))
             if resp.status_code == 200:
@@ -294,15 +374,18 @@ def recheck_unavailable(exc: A1111Unavailable, supervisor: Supervisor | None = N
 
 
 def prewarm_in_background(settings: Settings) -> threading.Thread:
-    """Start the readiness sequence at worker start, so the first job does not pay the warm-up.
-    Failures are only logged here: the first job repeats the check and reports them."""
+    """Start the readiness sequence at worker start, so the first job does not pay the warm-up;
+    returns the thread that waits (jobs that come meanwhile wait on the same one). Failures
+    are only logged here: the next job starts the sequence again and reports them."""
+    attempt = _start_attempt(state_for(settings).readiness, settings, Supervisor.from_env())
+    if attempt is None or attempt.thread is None:  # already ready: nothing to wait for
+        thread = threading.Thread(target=lambda: None, name="a1111-prewarm", daemon=True)
+        thread.start()
+        return thread
+    return attempt.thread
 
-    def run() -> None:
-        try:
-            ensure_ready(settings)
-        except Exception as exc:  # noqa: BLE001 - reported by the first job instead
-            log.warning("A1111 not ready at worker start: %s", getattr(exc, "message", exc))
 
-    thread = threading.Thread(target=run, name="a1111-prewarm", daemon=True)
-    thread.start()
-    return thread
+def warming_up(settings: Settings) -> bool:
+    """True while a readiness attempt is under way; the health action reads it so that it
+    answers at once instead of waiting for the attempt."""
+    return phase_now(settings) not in ("ready", "not waiting")

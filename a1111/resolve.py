@@ -33,6 +33,7 @@ from a1111.matching import (
 from a1111.openapi import a1111_field_problems
 from a1111.placing import JobModels
 from a1111.resolved import Resolved, ResolvedLora
+from a1111.start_only import StartOnly
 from a1111.state import state_for
 from cache import KIND_DIRS
 from cache.inspect import family_from_metadata, model_family
@@ -40,6 +41,8 @@ from schemas.errors import A1111Error, ModelNotFound, Problem, ValidationFailed,
 from schemas.job import Job, Source
 
 log = logging.getLogger(__name__)
+
+EMPTY_PROMPT_WARNING = "prompt is empty: A1111 generates an image without a text condition"
 
 
 class _Resolver:
@@ -337,10 +340,14 @@ def resolve(job: Job, settings: Any, catalog: Any = None, *, cache: Any = None) 
     listing every problem (see schemas.errors.problems_error for which error it is)."""
     r = _Resolver(job, settings, catalog, cache)
     lists = r.lists
+    if not (job.prompt or "").strip():  # A1111 accepts it; the caller may not have meant it
+        r.warnings.append(EMPTY_PROMPT_WARNING)
     # Looked up before any other model is placed (a ControlNet model may be placed here), as
     # the handler did when it checked them itself; reported after the other problems.
     extension_problems = check_extension_names(job, r.client, settings.backend,
-                                               cache=r.models.cache() if job.controlnet else None)
+                                               cache=r.models.cache() if job.controlnet else None,
+                                               start_only=StartOnly(catalog, Path(settings.models_dir),
+                                                                    settings.backend, settings.allow_pickle_models))
     sampler, scheduler, problems = resolve_sampler(job.sampler_name, job.scheduler,
                                                    lists.samplers(), lists.schedulers())
     if any(p.field == "sampler_name" for p in problems):  # a new sampler may have appeared

@@ -21,7 +21,8 @@ from schemas.output import ImageFacts, Packaged
 
 # Keys whose string values are images (ControlNet units, masks); the caller sent them, so
 # they are not echoed back. Any other string this long is shortened too.
-_IMAGE_KEYS = {"image", "mask", "image_b64", "input_image", "mask_image", "init_images", "firstpass_image"}
+_IMAGE_KEYS = {"image", "mask", "image_b64", "input_image", "mask_image", "init_images", "firstpass_image",
+               "imageList"}
 _MAX_IMAGE_STRING = 128
 _MAX_PARAM_STRING = 20_000
 
@@ -189,3 +190,24 @@ def _merge(steps: Sequence[tuple[str | None, Packaged]]) -> tuple[dict[str, Any]
             out["timings"][name] = round(out["timings"].get(name, 0.0) + secs, 3)
         out["warnings"].extend(w for w in result["warnings"] if w not in out["warnings"])
     return out, facts
+
+
+def package_extras(response: dict[str, Any], body: dict[str, Any], sizes: Sequence[tuple[int, int]],
+                   upscalers: Mapping[str, str], *, timings: dict[str, float] | None = None) -> Packaged:
+    """The job output of the upscale action (extra-single-image or extra-batch-images), each
+    image with the size it was asked to become. PURE."""
+    raw = response.get("images") if "imageList" in body else [response.get("image")]
+    images = [i for i in (raw if isinstance(raw, list) else []) if isinstance(i, str) and i]
+    if len(images) != len(sizes):
+        raise A1111Error(f"A1111 answered the upscale with {len(images)} images for the {len(sizes)} sent")
+    html = response.get("html_info")
+    out: dict[str, Any] = {
+        "images": images,
+        "seeds": [],
+        "info": {"html_info": utf8_safe(html) if isinstance(html, str) else None},
+        "parameters": shorten(body),
+        "models": {"upscalers": dict(upscalers)},
+        "timings": dict(timings or {}),
+        "warnings": [],
+    }
+    return Packaged(out, [ImageFacts(None, size) for size in sizes])

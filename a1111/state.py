@@ -47,6 +47,7 @@ class ReadyState:
     first_call: float | None = None  # time.time() of the first ensure_ready, when not supervised
     cold: ColdStart = field(default_factory=ColdStart)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    attempt: Any = None  # a1111.readiness's wait in progress, shared by every job that waits
 
 
 class WorkerState:

@@ -5,13 +5,14 @@ Layout::
     {"version": 1,
      "models": [{"id", "kind", "file", "family"?, "source"?, "sha256"?, "bytes"?,
                  "recommended_weight"?, "default"?, "backends"?, "pinned"?, "convert"?,
-                 "description"?, "note"?}, ...],
+                 "at_start"?, "description"?, "note"?}, ...],
      "presets": {name: {...}}}
 
 ``source`` is a model-reference source ({"hf", "file", "revision"?} | {"civitai"} | {"url"})
 or null when the file has no public source and must be put on the volume by hand.
 ``convert`` ({"from": "sdxl_ti_trainer", "file": <original file>}) builds ``file`` from
-another file on arrival (the SDXL textual-inversion trainer layout).
+another file on arrival (the SDXL textual-inversion trainer layout). ``at_start`` (true, or
+a list of backends) marks a model start.sh places before A1111 starts (cache/at_start.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from schemas.errors import CatalogError
 KINDS = ("checkpoint", "lora", "embedding", "controlnet", "adetailer", "upscaler", "vae", "text_encoder")
 FAMILIES = ("sd15", "sdxl", "flux")
 CONVERTERS = ("sdxl_ti_trainer",)
+BACKENDS = ("a1111", "forge")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class CatalogEntry:
     convert: dict | None = None         # {"from": "sdxl_ti_trainer", "file": original}
     bytes: int | None = None
     note: str = ""
+    at_start: tuple[str, ...] = ()      # backends whose start.sh places it (cache/at_start.py)
 
     @property
     def stem(self) -> str:
@@ -78,6 +81,14 @@ def _entry(raw: Any, i: int) -> CatalogEntry:
                                 or not isinstance(convert.get("file"), str)):
         raise CatalogError(f"{where} ({raw['id']}): convert needs 'from' (one of {', '.join(CONVERTERS)}) "
                            "and 'file' (the trainer file's name)")
+    at_start = raw.get("at_start", False)
+    if at_start is True:
+        at_start = list(BACKENDS)
+    if at_start is False or at_start is None:
+        at_start = []
+    if not isinstance(at_start, list) or any(b not in BACKENDS for b in at_start):
+        raise CatalogError(f"{where} ({raw['id']}): at_start must be true, false or a list of backends "
+                           f"({', '.join(BACKENDS)})")
     weight = raw.get("recommended_weight")
     return CatalogEntry(
         id=raw["id"], kind=raw["kind"], file=file, family=family, source=source,
@@ -85,7 +96,7 @@ def _entry(raw: Any, i: int) -> CatalogEntry:
         recommended_weight=float(weight) if weight is not None else None,
         default=bool(raw.get("default", False)), description=str(raw.get("description", "")),
         backends=tuple(raw.get("backends") or ()), pinned=bool(raw.get("pinned", False)), convert=convert,
-        bytes=raw.get("bytes"), note=str(raw.get("note", "")),
+        bytes=raw.get("bytes"), note=str(raw.get("note", "")), at_start=tuple(at_start),
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from presets import catalog as catalog_presets
 from presets import flux, rubber_tile
 from schemas.errors import Problem, problems_error
-from schemas.presets import BUILTIN_PRESETS, preset_problems
+from schemas.presets import BUILTIN_PRESETS, preset_name_problem, preset_problems
 
 __all__ = ["Step", "expand", "finish"]
 
@@ -43,8 +43,8 @@ def expand(job: Any, catalog: Any, settings: Any) -> list[Step]:
     configured = (getattr(catalog, "presets", None) or {}).get(name)
     if isinstance(configured, dict):
         return [Step(None, catalog_presets.expand(job, name, configured))]
-    raise problems_error([Problem("preset", f"unknown preset {name!r}")],
-                         message=f"preset {name!r} is unknown; known presets: {', '.join(known_presets(catalog))}")
+    problem = preset_name_problem(str(name), known_presets(catalog))
+    raise problems_error([problem or Problem("preset", f"preset {name!r} has no settings in models.json")])
 
 
 def finish(job: Any, outputs: list[dict]) -> list[tuple[str, str]]:

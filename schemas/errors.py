@@ -3,8 +3,8 @@ error into a job result.
 
 Every expected failure is raised as a ``WorkerError`` subclass deep in the code and
 converted here, so that messages, ``error_type`` values and ``refresh_worker`` follow
-one rule: the job gets ``{"error": <one sentence>, "error_type": ..., "details"?: [...]}``
-and never a traceback. Code that collects several problems (job fields, names, preset
+one rule: the job gets ``{"error": "<error_type>: <one sentence>", "error_type": ...,
+"details"?: [...]}`` and never a traceback. Code that collects several problems (job fields, names, preset
 values, prefetch failures) gathers ``Problem`` values and raises ``problems_error``.
 """
 
@@ -44,7 +44,8 @@ class WorkerError(Exception):
 
     def to_result(self) -> dict[str, Any]:
         """The job result; every string in it is redacted (messages echo the job's input)."""
-        result: dict[str, Any] = {"error": self.message, "error_type": self.error_type}
+        result: dict[str, Any] = {"error": error_text(self.error_type, self.message),
+                                  "error_type": self.error_type}
         if self.details:
             result["details"] = self.details
         result.update(self.extra)
@@ -133,18 +134,44 @@ class Problem:
         return self.detail()[key]
 
 
+# The RunPod SDK's local modes print and return only the ``error`` string, and a client often
+# logs only that: so it names the type and every problem, within a bound a log line can carry.
+MAX_ERROR_CHARS = 1000
+
+
+def error_text(error_type: str, message: str) -> str:
+    """The ``error`` string of a result: "<error_type>: <message>", at most MAX_ERROR_CHARS long."""
+    text = f"{error_type}: {message}"
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
+
+
+# Room left in MAX_ERROR_CHARS for the "<error_type>: " in front of the message.
+_TYPE_ROOM = 24
+
+
+def join_problems(problems: Sequence[Problem], *, lead: str = "", limit: int = MAX_ERROR_CHARS - _TYPE_ROOM) -> str:
+    """Every problem's message in one sentence ("a; b; c"), cut at a problem boundary to fit
+    ``limit`` characters and then ending "(and N more)"; the first one is always shown."""
+    text = lead
+    for i, p in enumerate(problems):
+        rest = len(problems) - i - 1
+        tail = f" (and {rest} more)" if rest else ""
+        piece = ("; " if i else "") + p.message
+        if i and len(text) + len(piece) + len(tail) > limit:
+            return f"{text} (and {len(problems) - i} more)"
+        text += piece
+    return text
+
+
 def problems_error(problems: Sequence[Problem], *, lead: str = "", message: str | None = None,
                    **extra: Any) -> WorkerError:
-    """The one error for a non-empty list of problems: ``lead``, the first message, and how
-    many more there are in ``details`` (or ``message``, where one sentence says it better).
+    """The one error for a non-empty list of problems: ``lead`` and every problem's message
+    (see ``join_problems``), or ``message``, where one sentence says it better.
 
     Its class follows the problems: ModelNotFound when every one is a missing model,
     ValidationFailed when any is bad input (the caller must fix that first), else
     DownloadFailed (missing models mixed with failed downloads, or other failures).
     """
-    first = problems[0].message
-    more = len(problems) - 1
-    tail = f" (and {more} more problem{'s' if more > 1 else ''}, see details)" if more else ""
     types = {p.error_type for p in problems}
     cls: type[WorkerError]
     if types == {ModelNotFound.error_type}:
@@ -153,7 +180,7 @@ def problems_error(problems: Sequence[Problem], *, lead: str = "", message: str 
         cls = ValidationFailed
     else:
         cls = DownloadFailed
-    return cls(message or lead + first + tail, details=[p.detail() for p in problems], **extra)
+    return cls(message or join_problems(problems, lead=lead), details=[p.detail() for p in problems], **extra)
 
 
 def error_result(exc: BaseException) -> dict[str, Any]:
@@ -164,6 +191,6 @@ def error_result(exc: BaseException) -> dict[str, Any]:
     # sentence. The worker itself is still healthy, so no refresh.
     log.exception("unexpected error while running a job")
     return {
-        "error": redact(f"internal error: {type(exc).__name__}: {exc}"[:2000])[:500],
+        "error": error_text("internal", redact(f"a bug in the worker: {type(exc).__name__}: {exc}"[:2000])[:500]),
         "error_type": "internal",
     }

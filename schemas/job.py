@@ -12,12 +12,14 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from schemas.errors import Problem, problems_error
 from schemas.extensions import ADetailerField, ControlNetUnits, HiresSpec, adetailer_units
+from schemas.images import IMAGE_ALLOWED, ImageFields, image_problems
 from schemas.messages import clean_loc, got, loc_text
 from schemas.output import OutputOptions
 from schemas.presets import Angle, Quality, RubberTileColors, preset_problems
@@ -36,7 +38,7 @@ from schemas.refs import (
 __all__ = ["CivitaiSource", "HFSource", "Job", "LoraSpec", "ModelRef", "Source", "UrlSource", "parse_job",
            "ref_value"]
 
-ACTIONS = ("txt2img", "health", "list_models", "prefetch")
+ACTIONS = ("txt2img", "health", "list_models", "prefetch", "upscale")
 MAX_LORAS = 16
 MAX_EMBEDDINGS = 16
 MAX_PROMPT = 10_000
@@ -44,7 +46,7 @@ SEED_MAX = 2**32 - 1
 
 # What each field allows, in the words the error messages use.
 ALLOWED: dict[str, str] = {
-    "prompt": f"a non-empty string of at most {MAX_PROMPT} characters",
+    "prompt": f"a string of at most {MAX_PROMPT} characters (empty is allowed, as in A1111)",
     "negative_prompt": f"a string of at most {MAX_PROMPT} characters",
     "checkpoint": "a model reference (catalog id, file name on the volume, or {hf|civitai|url} source)",
     "loras": f"a list of at most {MAX_LORAS} entries {{name | hf/civitai/url source, weight -5..5}}",
@@ -69,6 +71,7 @@ ALLOWED: dict[str, str] = {
     "action": "one of " + ", ".join(ACTIONS),
     "checkpoints": "a list of model references",
     "catalog": "true or false",
+    **IMAGE_ALLOWED,
 }
 # Names people bring from other tools; the suggestion for an unknown field.
 SYNONYMS = {
@@ -89,12 +92,6 @@ def _multiple_of_8(v: int | None) -> int | None:
     if v is not None and v % 8:
         raise ValueError(f"must be a multiple of 8 from 64 to 2048, got {v} "
                          f"(A1111 would silently render {v - v % 8} pixels)")
-    return v
-
-
-def _not_blank(v: str | None) -> str | None:
-    if v is not None and not v.strip():
-        raise ValueError("must not be empty")
     return v
 
 
@@ -158,14 +155,14 @@ Size = Annotated[int | None, Field(None, ge=64, le=2048), AfterValidator(_multip
 Weight = Annotated[float, Field(ge=-5.0, le=5.0, allow_inf_nan=False)]
 
 
-class Job(BaseModel):
+class Job(ImageFields, BaseModel):
     """One job's input; defaults that depend on the checkpoint or a preset stay None here and
     are applied by the payload compiler, so a preset can tell what the caller set."""
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
-    action: Literal["txt2img", "health", "list_models", "prefetch"] = "txt2img"
-    prompt: Annotated[str | None, AfterValidator(_not_blank), AfterValidator(_no_tags)] = Field(
+    action: Literal["txt2img", "health", "list_models", "prefetch", "upscale"] = "txt2img"
+    prompt: Annotated[str | None, AfterValidator(_no_tags)] = Field(
         None, max_length=MAX_PROMPT)
     negative_prompt: Annotated[str, AfterValidator(_no_tags)] = Field("", max_length=MAX_PROMPT)
     checkpoint: ModelRef | None = None
@@ -277,6 +274,8 @@ def _action_problems(job: Job) -> list[Problem]:
         if not (given & PREFETCH_FIELDS):
             problems.append(Problem("action", "action 'prefetch' needs at least one of checkpoints, loras, "
                                               "embeddings or catalog: true"))
+    elif job.action == "upscale":
+        problems.extend(image_problems(job))
     else:
         for name in sorted(given & TXT2IMG_ONLY):
             problems.append(Problem(name, f"'{name}' is only used with action 'prefetch'"))
@@ -284,6 +283,7 @@ def _action_problems(job: Job) -> list[Problem]:
             problems.append(Problem("prompt", f"prompt is required: {ALLOWED['prompt']}"))
         problems.extend(preset_problems(job))
         problems.extend(_adetailer_tag_problems(job))
+        problems.extend(image_problems(job))
     return problems
 
 
@@ -297,16 +297,33 @@ def _adetailer_tag_problems(job: Job) -> list[Problem]:
     return problems
 
 
-_LEAD = "invalid job input: "
+# Checks the names a job gives (a1111/precheck.py): parse_job calls it when the job has
+# other problems, so that both come back in one round.
+NameCheck = Callable[[Job], list[Problem]]
 
 
-def parse_job(raw: Any) -> Job:
-    """Validate a job's ``input``; raise ValidationFailed listing every problem."""
+def _valid_part(raw: dict[str, Any], exc: ValidationError) -> Job | None:
+    """The job without the top-level fields that failed, when that much validates."""
+    errors = exc.errors(include_url=False)
+    if any(not e.get("loc") for e in errors):
+        return None
+    bad = {str(e["loc"][0]) for e in errors}
+    if "sampler_name" in bad:  # the alias was renamed before validation
+        bad.add("sampler")
+    try:
+        return Job.model_validate({k: v for k, v in raw.items() if k not in bad})
+    except ValidationError:
+        return None
+
+
+def parse_job(raw: Any, names: NameCheck | None = None) -> Job:
+    """Validate a job's ``input``; raise ValidationFailed listing every problem, with the
+    problems ``names`` finds in the names of the fields that are valid."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise problems_error([Problem("input", "must be a JSON object")],
-                             message=f"{_LEAD}'input' must be a JSON object, got {type(raw).__name__}")
+                             message=f"'input' must be a JSON object, got {type(raw).__name__}")
     early: list[Problem] = []
     if "sampler" in raw and "sampler_name" in raw:
         early.append(Problem("sampler_name", "give either 'sampler_name' or its alias 'sampler', not both"))
@@ -314,8 +331,9 @@ def parse_job(raw: Any) -> Job:
     try:
         job = Job.model_validate(raw)
     except ValidationError as exc:
-        raise problems_error(early + _problems(exc), lead=_LEAD) from None
+        part = _valid_part(raw, exc) if names is not None else None
+        raise problems_error(early + _problems(exc) + (names(part) if names and part else [])) from None
     problems = early + _action_problems(job)
     if problems:
-        raise problems_error(problems, lead=_LEAD)
+        raise problems_error(problems + (names(job) if names else []))
     return job

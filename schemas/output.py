@@ -6,13 +6,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from schemas.errors import Problem, problems_error
 
 # Pillow's own default JPEG quality is 75 and A1111's is 80; 90 keeps fine texture while
 # still cutting a 1024x1024 PNG to roughly a fifth.
 DEFAULT_QUALITY = 90
+# What people type for a format (file extensions, MIME-ish spellings) -> the format it means.
+FORMAT_ALIASES = {"jpg": "jpeg", "jpe": "jpeg", "image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp"}
 
 
 class OutputOptions(BaseModel):
@@ -23,6 +25,16 @@ class OutputOptions(BaseModel):
     # rather than silently ignored.
     quality: int | None = Field(None, ge=1, le=100)
     upload: Literal["auto", "never", "always"] = "auto"
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format_alias(cls, value: Any) -> Any:
+        # "jpg" is the extension everyone knows; it means jpeg, so it is taken as jpeg.
+        if isinstance(value, str) and value.lower() in FORMAT_ALIASES:
+            return FORMAT_ALIASES[value.lower()]
+        if isinstance(value, str) and value.lower() in ("png", "jpeg", "webp"):
+            return value.lower()
+        return value
 
     @model_validator(mode="after")
     def _quality_needs_lossy_format(self) -> OutputOptions:
@@ -94,3 +106,100 @@ class Packaged:
 
     result: dict[str, Any]
     images: list[ImageFacts]
+
+
+# --------------------------------------------------------------------------- the job's result
+# What a job returns, as a model for client authors (schemas/output.schema.json, written by
+# ``python -m schemas.export``). The handler builds its results as plain dicts; tests check that
+# real ones conform. Objects allow extra keys: a client must ignore keys it does not know.
+_OPEN = ConfigDict(extra="allow")
+ERROR_TYPES = ("validation", "model_not_found", "download_failed", "catalog", "a1111_unavailable", "a1111_error",
+               "out_of_memory", "timeout", "result_too_large", "upload_failed", "internal")
+
+
+class UploadedImage(BaseModel):
+    """An image uploaded to the bucket, in place of its base64."""
+
+    model_config = _OPEN
+    url: str = Field(description="presigned GET URL, valid 7 days")
+    format: Literal["png", "jpeg", "webp"]
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+
+
+class Delivery(BaseModel):
+    model_config = _OPEN
+    format: Literal["png", "jpeg", "webp"]
+    uploaded: bool
+    inline_bytes: int = Field(description="the measured size of the result as RunPod sends it")
+
+
+class GenerationResult(BaseModel):
+    """A txt2img job's result (a preset's too: then with ``labels``, and ``info`` /
+    ``parameters`` keyed by step label)."""
+
+    model_config = _OPEN
+    images: list[str | UploadedImage] = Field(description="base64 images, or uploads")
+    labels: list[str | None] | None = Field(None, description="per image, for presets: preview, final, ...")
+    seeds: list[int]
+    info: dict[str, Any] = Field(description="A1111's info, parsed")
+    parameters: dict[str, Any] = Field(description="the body sent to A1111, base64 images shortened")
+    models: dict[str, Any]
+    timings: dict[str, float]
+    warnings: list[str]
+    delivery: Delivery
+
+
+class ProblemDetail(BaseModel):
+    model_config = _OPEN
+    field: str
+    message: str
+    suggestions: list[str] | None = None
+    allowed: Any = None
+
+
+class ErrorResult(BaseModel):
+    """A failed job: ``error`` is "<error_type>: <every problem>", at most 1000 characters."""
+
+    model_config = _OPEN
+    error: str = Field(max_length=1000)
+    error_type: Literal[ERROR_TYPES]  # type: ignore[valid-type]
+    details: list[ProblemDetail] | None = None
+    refresh_worker: bool | None = Field(None, description="true only when the worker itself is broken")
+
+
+class PlacedModelOut(BaseModel):
+    model_config = _OPEN
+    kind: str
+    name: str
+    path: str
+    sha256: str | None
+    bytes: int
+    downloaded: bool
+
+
+class PrefetchResult(BaseModel):
+    model_config = _OPEN
+    models: list[PlacedModelOut]
+    a1111_refreshed: list[str]
+
+
+class ListModelsResult(BaseModel):
+    model_config = _OPEN
+    checkpoints: list[dict[str, Any]]
+    loras: list[dict[str, Any]]
+    embeddings: list[dict[str, Any]]
+    samplers: list[str | None]
+    schedulers: list[str | None]
+    catalog: list[dict[str, Any]]
+
+
+class HealthResult(BaseModel):
+    """``{"action": "health"}``: see docs/health.md for its fields."""
+
+    model_config = _OPEN
+
+
+JOB_RESULTS: tuple[type[BaseModel], ...] = (ErrorResult, GenerationResult, PrefetchResult, ListModelsResult,
+                                            HealthResult)

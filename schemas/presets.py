@@ -7,11 +7,13 @@ other problem and ``presets.expand`` can re-check before building steps.
 
 from __future__ import annotations
 
+import difflib
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from schemas.errors import Problem
+from schemas.messages import got as _got
 
 # Colour names the rubber-tile prompt and colour map understand, with the RGB the map draws.
 COLOR_RGB: dict[str, tuple[int, int, int]] = {
@@ -63,6 +65,16 @@ def rubber_tile_problems(colors: list[RubberTileColor] | None, angle: int | None
     if angle is not None and not 0 <= angle <= 180:
         problems.append(Problem("angle", f"angle must be an integer from 0 to 180 degrees, got {angle}"))
     return problems
+
+
+def preset_name_problem(name: str, known: list[str]) -> Problem | None:
+    """The problem of a preset name none of ``known`` is, with the closest ones suggested."""
+    if name in known:
+        return None
+    close = difflib.get_close_matches(name.lower(), known, n=3, cutoff=0.5)
+    hint = ("did you mean " + " or ".join(f"'{c}'" for c in close) + "?") if close else ""
+    return Problem("preset", f"unknown preset {_got(name)}; {hint + ' ' if hint else ''}known presets: "
+                             f"{', '.join(known)}", hints={"suggestions": close, "allowed": known})
 
 
 def preset_problems(job: Any) -> list[Problem]:

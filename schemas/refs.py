@@ -7,6 +7,7 @@ no "..": the cache joins it under MODELS_DIR.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -41,6 +42,16 @@ class UrlSource(_Ref):
 
 Source = HFSource | CivitaiSource | UrlSource
 _SOURCES = {"hf": HFSource, "civitai": CivitaiSource, "url": UrlSource}
+# One example of each accepted form, shown when a reference has the wrong shape.
+SOURCE_FORMS = {
+    "hf": '{"hf": "owner/repo", "file": "model.safetensors"}',
+    "civitai": '{"civitai": 135867} (a model version id, an integer)',
+    "url": '{"url": "https://host/model.safetensors", "sha256": "<optional 64 hex>"}',
+}
+REF_FORMS = "a name string (catalog id or file on the volume), or " + " or ".join(
+    f.split(" (")[0] for f in SOURCE_FORMS.values())
+LORA_FORMS = ('"name", {"name": "detail_tweaker", "weight": 0.8}, {"civitai": 135867, "weight": 0.8}, '
+              '{"hf": "owner/repo", "file": "x.safetensors", "weight": 0.8} or {"url": "https://...", "weight": 0.8}')
 
 
 def check_name(value: str) -> str:
@@ -67,11 +78,13 @@ def _parse_ref(value: Any) -> str | Source:
     if isinstance(value, dict):
         kinds = [k for k in _SOURCES if k in value]
         if len(kinds) != 1:
-            raise ValueError("a model source object needs exactly one of 'hf' (with 'file'), 'civitai' or 'url'")
+            raise ValueError("a model source object needs exactly one of 'hf' (with 'file'), 'civitai' or 'url': "
+                             + REF_FORMS)
         try:
             src = _SOURCES[kinds[0]].model_validate(value)
         except ValidationError as exc:
-            raise ValueError("; ".join(_short_error(e) for e in exc.errors())) from None
+            raise ValueError("; ".join(_short_error(e) for e in exc.errors())
+                             + f"; the {kinds[0]} form is {SOURCE_FORMS[kinds[0]]}") from None
         if isinstance(src, UrlSource):
             check_https(src.url)
         if isinstance(src, HFSource):
@@ -85,7 +98,7 @@ def _parse_ref(value: Any) -> str | Source:
         if src.name is not None:
             check_name(src.name)
         return src
-    raise ValueError("a model reference is a name string or an object {hf, file} | {civitai} | {url}")
+    raise ValueError(f"a model reference is {REF_FORMS}; got {_got(value)}")
 
 
 ModelRef = Annotated[str | Source, BeforeValidator(_parse_ref)]
@@ -97,6 +110,17 @@ def ref_value(ref: str | Source) -> str | dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- LoRAs
+def _nested_source_hint(value: dict[str, Any]) -> str:
+    """What to write instead of a source nested in a LoRA's ``name`` ({"name": {"civitai": 1}})."""
+    nested = value["name"]
+    fixed = {k: v for k, v in nested.items() if isinstance(k, str)}
+    fixed["weight"] = value.get("weight", fixed.get("weight", 0.8))
+    shown = json.dumps(fixed, default=str)
+    shown = shown if len(shown) <= 120 else LORA_FORMS
+    return (f"'name' must be a string (a catalog id or file name); a download source goes beside 'weight', "
+            f"not inside 'name': {shown}")
+
+
 class LoraSpec(BaseModel):
     """``{name, weight}`` or ``{hf|civitai|url source, weight}`` (``name`` then = stored stem)."""
 
@@ -116,7 +140,13 @@ class LoraSpec(BaseModel):
     @classmethod
     def _from_string(cls, value: Any) -> Any:
         # A bare string is shorthand for {"name": ...}.
-        return {"name": value} if isinstance(value, str) else value
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and isinstance(value.get("name"), dict):
+            raise ValueError(_nested_source_hint(value))
+        if not isinstance(value, dict | LoraSpec):
+            raise ValueError(f"a LoRA entry is one of {LORA_FORMS}; got {_got(value)}")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self) -> LoraSpec:

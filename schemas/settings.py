@@ -24,6 +24,15 @@ def _float_env(name: str, default: float | None) -> float | None:
         raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from exc
 
 
+def _count_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"environment variable {name} must be a whole number of at least 1, got {raw!r}")
+    return int(raw)
+
+
 def _flag_env(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
@@ -52,6 +61,13 @@ class Settings:
     prefetch_timeout_s: float = 3600.0
     download_min_rate_kbps: float = 50.0
     download_rate_window_s: float = 30.0
+    # Images a job sends in (init_images, mask, upscale images; inputs/): at most
+    # INPUT_IMAGES_MAX per job, each at most INPUT_IMAGE_MAX_BYTES (encoded file, base64
+    # decoded or fetched) and INPUT_IMAGE_MAX_PIXELS (width x height, read from the header
+    # before the pixels are decoded: a small file can declare a huge image).
+    input_images_max: int = 8
+    input_image_max_bytes: int = 20_000_000
+    input_image_max_pixels: int = 16_777_216
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -74,4 +90,7 @@ class Settings:
             prefetch_timeout_s=_float_env("PREFETCH_TIMEOUT", 3600.0) or 3600.0,
             download_min_rate_kbps=max(_float_env("DOWNLOAD_MIN_RATE_KBPS", 50.0) or 0.0, 0.0),
             download_rate_window_s=max(_float_env("DOWNLOAD_RATE_WINDOW_S", 30.0) or 30.0, 0.1),
+            input_images_max=_count_env("INPUT_IMAGES_MAX", 8),
+            input_image_max_bytes=_count_env("INPUT_IMAGE_MAX_BYTES", 20_000_000),
+            input_image_max_pixels=_count_env("INPUT_IMAGE_MAX_PIXELS", 16_777_216),
         )

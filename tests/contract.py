@@ -50,3 +50,32 @@ def txt2img_problems(body: Any, backend: str = "a1111") -> list[str]:
 def assert_txt2img_conforms(body: Any, backend: str = "a1111") -> None:
     problems = txt2img_problems(body, backend)
     assert not problems, f"txt2img body breaks the recorded {backend} OpenAPI schema: {problems}"
+
+
+# The other request bodies the worker sends, by route: img2img and the extras (upscale).
+IMG2IMG_PATH = "/sdapi/v1/img2img"
+EXTRAS_SINGLE_PATH = "/sdapi/v1/extra-single-image"
+EXTRAS_BATCH_PATH = "/sdapi/v1/extra-batch-images"
+GENERATION_PATHS = (TXT2IMG_PATH, IMG2IMG_PATH, EXTRAS_SINGLE_PATH, EXTRAS_BATCH_PATH)
+
+
+@functools.cache
+def _route_validator(route: str, backend: str) -> tuple[Any, frozenset[str]]:
+    doc = openapi(backend)
+    ref = doc["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    target = doc
+    for part in ref.lstrip("#/").split("/"):
+        target = target[part]
+    return validator_for(doc, ref), frozenset(target.get("properties", {}))
+
+
+def request_problems(body: Any, route: str, backend: str = "a1111") -> list[str]:
+    """Every way ``body`` breaks the recorded request schema of ``route`` (one of
+    GENERATION_PATHS), unknown top-level keys included ([] when it conforms)."""
+    validator, properties = _route_validator(route, backend)
+    problems = [f"{'/'.join(map(str, e.absolute_path)) or '<body>'}: {e.message}"
+                for e in sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path))]
+    if isinstance(body, dict):
+        problems += [f"{key}: not a field of the {backend} {route} schema (it would be dropped silently)"
+                     for key in body if key not in properties]
+    return problems

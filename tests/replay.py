@@ -13,7 +13,9 @@ Two behaviours are emulated rather than replayed, because a test needs them and 
 recording can show them:
 - ``models_dir``: list routes also list model files found in that folder, each entry cloned
   from a recorded entry with its name/path fields set for the file (A1111 scans its folders).
-- ``POST /sdapi/v1/interrupt`` during a delayed txt2img makes that txt2img answer at once with
+  Upscaler files (``upscalers/*.pt|*.pth``) are listed only if they were there when the
+  server started: A1111 v1.10 scans its upscaler folders at start and has no refresh route.
+- ``POST /sdapi/v1/interrupt`` during a delayed txt2img (or img2img) makes that txt2img answer at once with
   the recorded interrupted response (``txt2img_interrupted_mid_generation``).
 
 Run by hand: ``python -m tests.replay --port 3000 --backend a1111``.
@@ -54,6 +56,9 @@ _DEFAULTS_A1111 = {
     ("GET", "/controlnet/model_list"): "ext_controlnet_model_list",
     ("POST", "/sdapi/v1/txt2img"): "txt2img_minimal",
     ("POST", "/sdapi/v1/img2img"): "img2img_minimal",
+    ("POST", "/sdapi/v1/extra-single-image"): "extra_single_image_nearest_2x",
+    ("POST", "/sdapi/v1/extra-batch-images"): "extra_batch_images_two",
+    ("GET", "/sdapi/v1/upscalers"): "get_upscalers",
     ("POST", "/sdapi/v1/interrupt"): "post_interrupt_idle",
     ("POST", "/sdapi/v1/skip"): "post_skip_idle",
     ("POST", "/sdapi/v1/options"): "post_options_clip_skip",
@@ -88,6 +93,8 @@ PROFILES = {
 }
 _MID_GENERATION = [f"get_progress_mid_generation_{i}" for i in range(1, 5)]
 _INTERRUPTED = "txt2img_interrupted_mid_generation"
+_GENERATIONS = {("POST", "/sdapi/v1/txt2img"), ("POST", "/sdapi/v1/img2img")}
+_UPSCALER_EXTS = (".pt", ".pth")  # what A1111 v1.10 lists from its ESRGAN folder
 
 
 @dataclass
@@ -155,6 +162,7 @@ class ReplayServer:
         for key, name in defaults.items():
             self._routes[key] = [name]
         self.models_dir = models_dir
+        self._upscaler_files: list[Path] = []  # models_dir's upscaler files when the server started
         self.requests: list[Received] = []
         self._faults: dict[tuple[str, str], _Fault] = {}
         self._delays: dict[tuple[str, str], float] = {}
@@ -171,6 +179,10 @@ class ReplayServer:
 
         class Handler(_Handler):
             replay = server
+
+        if self.models_dir is not None:
+            folder = Path(self.models_dir) / "upscalers"
+            self._upscaler_files = sorted(f for f in folder.glob("*") if f.suffix.lower() in _UPSCALER_EXTS)
 
         self._httpd = ThreadingHTTPServer((self._host, self._port), Handler)
         self._httpd.daemon_threads = True
@@ -312,6 +324,12 @@ class ReplayServer:
                 entry = copy.deepcopy(body[0])
                 entry.update(title=f.name, model_name=f.stem, filename=str(f), hash=None, sha256=None)
                 body.append(entry)
+        elif path == "/sdapi/v1/upscalers" and isinstance(body, list) and body:
+            listed = {e["name"] for e in body}
+            template = next((e for e in body if e.get("model_name") == "ESRGAN_4x"), body[-1])
+            for f in self._upscaler_files:
+                if f.stem not in listed:
+                    body.append({**template, "name": f.stem, "model_name": f.stem, "model_path": str(f)})
         elif path == "/sdapi/v1/embeddings" and isinstance(body, dict):
             loaded = body.setdefault("loaded", {})
             template = next(iter(loaded.values()), None) or next(iter(body.get("skipped", {}).values()), None)
@@ -385,7 +403,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, "text/html", "<html><body>502 Bad Gateway</body></html>")
                 return
         delay = srv._delays.get(key, 0.0)
-        if delay and key == ("POST", "/sdapi/v1/txt2img"):
+        if delay and key in _GENERATIONS:
             if srv.run_generation(delay) and _INTERRUPTED in srv.records:
                 self._send(*ReplayServer._from_record(srv.records[_INTERRUPTED]))
                 return

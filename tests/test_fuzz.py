@@ -41,7 +41,7 @@ from a1111.hatch import OPTIONS as HATCH_OPTIONS
 from a1111.hatch import Knob
 from a1111.payload import JOB_OWNED, OVERRIDE_OWNED, WORKER_OWNED
 from a1111.state import state_for
-from tests.contract import txt2img_problems
+from tests.contract import EXTRAS_BATCH_PATH, EXTRAS_SINGLE_PATH, IMG2IMG_PATH, request_problems, txt2img_problems
 from tests.replay import ReplayServer, _Handler, recordings
 from tests.support.jobs import png_b64
 from tests.support.worker import make_models_dir, reset_worker_state
@@ -70,7 +70,9 @@ EXAMPLES = {
     "test_fuzz_rubber_tile": 500,
     "test_fuzz_a1111_answers": 500,
     "test_fuzz_list_answers": 500,
+    "test_fuzz_image_jobs": 600,
 }
+IMAGE_ROUTES = (IMG2IMG_PATH, EXTRAS_SINGLE_PATH, EXTRAS_BATCH_PATH)
 MIN_TOTAL = 10_000
 # "One clear sentence": long enough for a field, the allowed values and a suggestion, not for an echo
 # of a 10,000-character input.
@@ -216,6 +218,11 @@ def run_and_check(env: Env, raw_job: Any, test: str, **extra_env: str) -> dict:
         problems = txt2img_problems(body, env.backend)
         assert not problems, f"txt2img body breaks the {env.backend} OpenAPI schema: {problems}"
     REPORT.bodies_checked += len(bodies)
+    image_bodies = [(r.path, r.json) for r in new if r.method == "POST" and r.path in IMAGE_ROUTES]
+    for path, body in image_bodies:
+        problems = request_problems(body, path, env.backend)
+        assert not problems, f"{path} body breaks the {env.backend} OpenAPI schema: {problems}"
+    REPORT.bodies_checked += len(image_bodies)
 
     if "error" in result:
         etype = result.get("error_type")
@@ -228,11 +235,19 @@ def run_and_check(env: Env, raw_job: Any, test: str, **extra_env: str) -> dict:
                                "size_mb", "limit_mb", "models"}, sorted(result)
         if etype in {"validation", "model_not_found"}:
             assert not bodies, f"{etype} error after a txt2img was sent: {result['error'][:300]}"
+            assert not image_bodies, f"{etype} error after an image request was sent: {result['error'][:300]}"
             assert not result.get("refresh_worker"), "bad input must never recycle the worker"
     else:
         action = _action(raw_job)
         REPORT.outcomes[f"ok:{action}"] += 1
-        if action == "txt2img":
+        inp = raw_job.get("input") if isinstance(raw_job, dict) else None
+        if action == "txt2img" and isinstance(inp, dict) and "init_images" in inp:
+            assert isinstance(result.get("images"), list) and result["images"], sorted(result)
+            assert [p for p, _ in image_bodies] == [IMG2IMG_PATH], "an img2img result without an img2img request"
+        elif action == "upscale":
+            assert isinstance(result.get("images"), list) and result["images"], sorted(result)
+            assert len(image_bodies) == 1 and image_bodies[0][0] != IMG2IMG_PATH
+        elif action == "txt2img":
             assert isinstance(result.get("images"), list) and result["images"], sorted(result)
             assert bodies, "a txt2img result without a txt2img request"
         elif action == "health":
@@ -738,3 +753,46 @@ def test_fuzz_example_count() -> None:
         pytest.skip(f"only {sorted(ran)} ran; the count applies to the whole module")
     total = sum(REPORT.examples.values())
     assert total >= MIN_TOTAL, f"only {total} fuzz examples ran"
+
+
+# --------------------------------------------------------------------------- image jobs
+image_sources = st.one_of(
+    st.sampled_from([png_b64(), png_b64(size=(32, 48)), "data:image/png;base64," + png_b64(),
+                     "data:text/plain;base64,aGVsbG8=", "http://example.com/a.png", "https://127.0.0.1:1/a.png",
+                     base64.b64encode(b"not an image").decode(), "", "%%%"]),
+    texts, wild)
+image_fields = {
+    "denoising_strength": st.one_of(floats, ints), "resize_mode": st.one_of(ints, wild),
+    "mask": image_sources, "mask_blur": st.one_of(ints, wild), "inpainting_fill": ints,
+    "inpaint_full_res": st.one_of(st.booleans(), wild), "inpaint_full_res_padding": ints,
+    "inpainting_mask_invert": ints, "mask_resize": st.one_of(st.booleans(), wild),
+    "width": ints, "height": ints, "hires": st.just({"scale": 2}), "seed": ints, "steps": st.just(1),
+}
+upscale_fields = {
+    "upscaling_resize": st.one_of(floats, ints), "upscaling_resize_w": ints, "upscaling_resize_h": ints,
+    "upscaler_1": names(UPSCALERS), "upscaler_2": names(UPSCALERS), "extras_upscaler_2_visibility": floats,
+    "prompt": texts,
+}
+unit = st.floats(min_value=0, max_value=1)
+image_jobs = st.one_of(
+    st.fixed_dictionaries({"prompt": st.just("a photo of a cat"), "init_images": st.just([png_b64()])}, optional={
+        "denoising_strength": unit, "mask": st.sampled_from([png_b64(), png_b64(size=(32, 48))]),
+        "mask_blur": st.integers(0, 64), "resize_mode": st.integers(0, 3), "inpainting_fill": st.integers(0, 3),
+        "mask_resize": st.booleans(), "width": st.sampled_from([64, 96, 512]), "steps": st.integers(1, 3)}),
+    st.fixed_dictionaries({"action": st.just("upscale"), "images": st.sampled_from([[png_b64()], [png_b64()] * 2]),
+                           "upscaler_1": st.sampled_from(["Lanczos", "Nearest", "lanczos", "4x-Nope"])}, optional={
+        "upscaling_resize": st.floats(min_value=1, max_value=8), "upscaler_2": st.sampled_from(["Nearest", "None"]),
+        "extras_upscaler_2_visibility": unit}),
+    st.fixed_dictionaries({"prompt": st.just("a photo of a cat"),
+                           "init_images": st.lists(image_sources, min_size=0, max_size=3)}, optional=image_fields),
+    st.fixed_dictionaries({"action": st.just("upscale"), "images": st.lists(image_sources, min_size=0, max_size=3)},
+                          optional=upscale_fields),
+)
+
+
+@settings(max_examples=EXAMPLES["test_fuzz_image_jobs"], **FUZZ)
+@given(inp=image_jobs)
+def test_fuzz_image_jobs(env: Env, inp: dict) -> None:
+    """img2img, inpainting and upscale jobs with good and bad images and fields: each body sent
+    conforms to the recorded img2img / extras schema, or the job is a clear error sent nowhere."""
+    run_and_check(env, {"id": "images", "input": inp}, "test_fuzz_image_jobs")

@@ -6,6 +6,7 @@ whose pid start.sh writes, so "alive" and "dead" are real process states.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -254,3 +255,72 @@ def test_job_deadline_before_ready_is_a_timeout_and_start_up_goes_on(monkeypatch
     with ReplayServer("a1111", port=port):
         readiness.ensure_ready(settings, sup, deadline=time.monotonic() + 10)  # the next job: ready
     assert readiness.cold_start(settings)["ready"] is True
+
+
+class _SilentServer:
+    """Simulates an A1111 that is importing torch or loading a model in its only worker:
+    the port accepts TCP connections, but no HTTP request is ever answered."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+        self._thread.join(2)
+
+
+JOB_INPUT = {"prompt": "a red rubber tile", "width": 64, "height": 64, "steps": 2, "seed": 1}
+
+
+@pytest.mark.parametrize("standin", ["nothing_listening", "accepts_never_answers"])
+def test_job_timeout_bounds_the_wait_while_the_warm_up_goes_on(monkeypatch, tmp_path, standin):
+    """JOB_TIMEOUT=4 and an A1111 that is never ready during the job: either nothing listens on
+    its port yet (A1111 still importing, connection refused) or a server accepts connections and
+    never answers. The job fails with ``timeout`` at its own deadline while the background
+    warm-up keeps waiting (A1111_READY_TIMEOUT=60); once A1111 is up, the next job succeeds on
+    that same warm-up: one warm-up generation, no second wait started."""
+    from handler import handler
+    from tests.support.jobs import TXT2IMG, txt2img_bodies
+    from tests.support.worker import make_models_dir, point_worker_at
+
+    port = free_port()
+    point_worker_at(monkeypatch, f"http://127.0.0.1:{port}", make_models_dir(tmp_path / "models"), ready_timeout=60)
+    monkeypatch.setenv("JOB_TIMEOUT", "4")
+    monkeypatch.setenv("MODELS_CATALOG", str(tmp_path / "no-catalog.json"))
+    silent = _SilentServer(port) if standin == "accepts_never_answers" else None
+    try:
+        warm_up_thread = readiness.prewarm_in_background(Settings.from_env())
+        t0 = time.monotonic()
+        result = handler({"id": "first", "input": JOB_INPUT})
+        took = time.monotonic() - t0
+    finally:
+        if silent is not None:
+            silent.close()
+    assert result["error_type"] == "timeout", result
+    assert 3.5 <= took < 6.0
+    assert "JOB_TIMEOUT=4" in result["error"] and "still starting" in result["error"]
+    assert "waiting for: API answering" in result["error"] and "keeps starting it" in result["error"]
+    assert warm_up_thread.is_alive()  # still waiting, with its own deadline
+    assert readiness.phase_now(Settings.from_env()) == "API answering"
+
+    with ReplayServer("a1111", port=port) as srv:
+        result = handler({"id": "second", "input": JOB_INPUT})
+        assert "images" in result, result
+        warm_up_thread.join(5)
+        assert not warm_up_thread.is_alive()
+        warmups = [b for b in srv.sent("POST", TXT2IMG) if b.get("prompt") == readiness.WARMUP_PAYLOAD["prompt"]]
+        assert len(warmups) == 1 and len(txt2img_bodies(srv)) == 1
+    assert readiness.phase_now(Settings.from_env()) == "ready"

@@ -282,7 +282,8 @@ def test_over_the_limit_without_a_bucket_names_size_and_both_fixes(settings, mon
     out = error_result(exc.value)
     assert out["error_type"] == "result_too_large"
     msg = out["error"]
-    assert msg.startswith(f"the result is {size / 1000:.1f} kB, over the 10.0 kB limit (MAX_RESULT_MB)")
+    assert msg.startswith(f"result_too_large: the result is {size / 1000:.1f} kB, over the 10.0 kB limit "
+                          "(MAX_RESULT_MB)")
     assert "fewer or smaller images" in msg and "BUCKET_ENDPOINT_URL" in msg and "s3Config" in msg
     assert out["result_bytes"] == size and out["limit_bytes"] == 10_000
 
