@@ -17,6 +17,10 @@
 #   A1111_STATE_DIR   where the pid and log files go (default: /tmp/a1111-worker)
 #   A1111_LOG_ECHO    1 (default) also copies A1111's output to this script's stderr
 #   A1111_HF_HOME     A1111's Hugging Face cache (default: $MODELS_DIR/.cache/huggingface)
+#   A1111_HASHING     1 lets A1111 hash checkpoints again (drops --no-hashing; default 0)
+#   A1111_HALF_VAE    1 runs the VAE in half precision again (drops --no-half-vae; default 0)
+#   A1111_TCMALLOC    0 stops preloading tcmalloc into A1111 (default 1: preloaded when present)
+#   A1111_TCMALLOC_DIRS  folders searched for libtcmalloc (default: the system library folders)
 #   START_MODELS      extra catalog ids placed before A1111 starts ("none": place nothing)
 #   START_MODELS_CMD  the placing command (default: "$HANDLER_PYTHON -m cache.at_start")
 set -euo pipefail
@@ -33,7 +37,7 @@ export A1111_PID_FILE="${A1111_PID_FILE:-$A1111_STATE_DIR/a1111.pid}"
 export A1111_LOG_FILE="${A1111_LOG_FILE:-$A1111_STATE_DIR/a1111.log}"
 export A1111_URL="${A1111_URL:-http://127.0.0.1:$A1111_PORT}"
 
-MODEL_KINDS=(checkpoints loras embeddings controlnet adetailer upscalers vae text_encoder)
+MODEL_KINDS=(checkpoints loras embeddings controlnet controlnet/annotators adetailer upscalers vae text_encoder)
 
 log() { printf '[start.sh] %s\n' "$*" >&2; }
 
@@ -126,11 +130,20 @@ a1111_args=(
     --controlnet-dir "$MODELS_DIR/controlnet"
     --esrgan-models-path "$MODELS_DIR/upscalers"
 )
+# --no-hashing: A1111 would sha256 every checkpoint it loads (3.4 s of a 6.7 s SD1.5 load, and
+# its hash cache lives in the container, so every new worker pays again); the handler matches
+# checkpoints by file name, not hash. --no-half-vae: SDXL's VAE overflows in fp16 (black images).
+[[ "${A1111_HASHING:-0}" == "1" ]] || a1111_args+=(--no-hashing)
+[[ "${A1111_HALF_VAE:-0}" == "1" ]] || a1111_args+=(--no-half-vae)
 # Forge reads Flux's separate VAE and text encoders (ae, clip_l, t5xxl) from these folders
 # and lists them in /sdapi/v1/sd-modules; A1111 1.10 has no --text-encoder-dir and would
-# refuse to start with it.
+# refuse to start with it. ControlNet's preprocessor weights go on the volume too (downloaded
+# once for all workers); the flag's name differs between sd-webui-controlnet and Forge.
 if [[ "${WEBUI_BACKEND:-a1111}" == "forge" ]]; then
     a1111_args+=(--vae-dir "$MODELS_DIR/vae" --text-encoder-dir "$MODELS_DIR/text_encoder")
+    a1111_args+=(--controlnet-preprocessor-models-dir "$MODELS_DIR/controlnet/annotators")
+else
+    a1111_args+=(--controlnet-annotator-models-path "$MODELS_DIR/controlnet/annotators")
 fi
 if [[ -n "${A1111_ARGS_EXTRA:-}" ]]; then
     read -r -a extra_args <<<"$A1111_ARGS_EXTRA"
@@ -143,14 +156,39 @@ fi
 A1111_HF_HOME="${A1111_HF_HOME:-$MODELS_DIR/.cache/huggingface}"
 mkdir -p "$A1111_HF_HOME" 2>/dev/null || log "WARNING: cannot create $A1111_HF_HOME"
 
+# tcmalloc for A1111 only: loading a checkpoint allocates and frees many large buffers, which
+# glibc's malloc keeps fragmented (resident memory grows with every model switch).
+find_tcmalloc() {
+    local name dir
+    for name in libtcmalloc_minimal.so.4 libtcmalloc.so.4; do
+        for dir in ${A1111_TCMALLOC_DIRS:-/usr/lib/x86_64-linux-gnu /usr/lib64 /usr/lib /usr/local/lib}; do
+            if [[ -f "$dir/$name" ]]; then
+                printf '%s\n' "$dir/$name"
+                return 0
+            fi
+        done
+    done
+    return 1
+}
+a1111_preload="${LD_PRELOAD:-}"
+if [[ "${A1111_TCMALLOC:-1}" == "1" ]]; then
+    if tcmalloc="$(find_tcmalloc)"; then
+        a1111_preload="$tcmalloc${a1111_preload:+:$a1111_preload}"
+        log "tcmalloc: $tcmalloc (preloaded for A1111)"
+    else
+        log "tcmalloc: not found, A1111 uses glibc's malloc"
+    fi
+fi
+
 log "starting A1111: ${a1111_cmd[*]} ${a1111_args[*]}"
 log "A1111 log: $A1111_LOG_FILE"
 : >"$A1111_LOG_FILE"
 if [[ "$A1111_LOG_ECHO" == "1" ]]; then
-    (cd "$a1111_cwd" && HF_HOME="$A1111_HF_HOME" exec "${a1111_cmd[@]}" "${a1111_args[@]}") \
+    (cd "$a1111_cwd" && HF_HOME="$A1111_HF_HOME" LD_PRELOAD="$a1111_preload" exec "${a1111_cmd[@]}" "${a1111_args[@]}") \
         > >(tee -a "$A1111_LOG_FILE" >&2) 2>&1 &
 else
-    (cd "$a1111_cwd" && HF_HOME="$A1111_HF_HOME" exec "${a1111_cmd[@]}" "${a1111_args[@]}") >>"$A1111_LOG_FILE" 2>&1 &
+    (cd "$a1111_cwd" && HF_HOME="$A1111_HF_HOME" LD_PRELOAD="$a1111_preload" exec "${a1111_cmd[@]}" "${a1111_args[@]}") \
+        >>"$A1111_LOG_FILE" 2>&1 &
 fi
 a1111_pid=$!
 # Written atomically: the supervisor must never read a half-written pid.

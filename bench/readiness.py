@@ -8,11 +8,21 @@ of noticing is readiness's own ``noticed_at["api_up"]`` stamp. Baseline in the s
 the same measurement with a naive 1-second poll loop, as many workers do.
 
     .venv/bin/python bench/readiness.py [--runs 20]
+
+``--phases`` instead measures the cold-start phases (API up, model loaded, warm) through the
+real start.sh, with start.sh's default flags and with ``A1111_HASHING=1``. The stand-in does
+what A1111 does without ``--no-hashing`` before it answers: it sha256-hashes the checkpoint
+(a sparse file of ``--checkpoint-gb``, so the figure is the hash's CPU cost with the file in
+memory; a network volume adds its read time on top). A1111's own start-up (imports, model
+weights) is not simulated, so the figures are the flags' difference, not a real cold start.
+
+    .venv/bin/python bench/readiness.py --phases [--checkpoint-gb 2.1] [--runs 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import socket
@@ -130,11 +140,74 @@ def measure(runs: int, baseline_runs: int) -> Result:
     return Result(ours, cpu, [run_naive(rng.uniform(0.3, 0.8)) for _ in range(baseline_runs)])
 
 
+# The stand-in for --phases: hash the checkpoint unless --no-hashing is among A1111's flags
+# (as A1111's modules/hashes.py does at load, in 1 MiB blocks), then become the replay server.
+_HASHING_STANDIN = """
+import hashlib, os, sys
+checkpoint, argv = sys.argv[1], sys.argv[2:]
+if "--no-hashing" not in argv:
+    digest = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+os.execv(sys.executable, [sys.executable, "-m", "tests.replay", *argv])
+"""
+
+# The handler for --phases: one job (waits until ready), then print the cold-start phases.
+_PHASES_DRIVER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from handler import handler
+from a1111.readiness import cold_start
+from schemas.settings import Settings
+job = json.load(open(sys.argv[2]))
+result = handler({"id": "bench", "input": job["input"]})
+assert "error" not in result, result
+print("PHASES " + json.dumps(cold_start(Settings.from_env())), flush=True)
+"""
+
+
+def run_phases(tmp: Path, checkpoint: Path, hashing: bool) -> dict:
+    standin, driver = tmp / "standin.py", tmp / "driver.py"
+    standin.write_text(_HASHING_STANDIN)
+    driver.write_text(_PHASES_DRIVER)
+    env = {**os.environ, "A1111_CMD": f"{sys.executable} {standin} {checkpoint}", "A1111_PORT": str(_free_port()),
+           "A1111_STATE_DIR": str(tmp / "state"), "A1111_LOG_ECHO": "0", "MODELS_DIR": str(tmp / "models"),
+           "HANDLER_CMD": f"{sys.executable} -u {driver} {ROOT} {ROOT / 'test_input.json'}",
+           "A1111_HASHING": "1" if hashing else "0", "A1111_READY_TIMEOUT": "120"}
+    proc = subprocess.run(["bash", str(ROOT / "start.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("PHASES ")), None)
+    if line is None:
+        raise RuntimeError(f"no phases (status {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return json.loads(line[len("PHASES "):])
+
+
+def measure_phases(checkpoint_gb: float, runs: int) -> list[str]:
+    keys = ("api_up_s", "model_loaded_s", "warm_s")
+    out = [f"stand-in cold start through start.sh, checkpoint {checkpoint_gb:g} GB (sparse), median of {runs} runs:"]
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        checkpoint = tmp / "model.safetensors"
+        with open(checkpoint, "wb") as f:
+            f.truncate(int(checkpoint_gb * 1e9))
+        for label, hashing in (("start.sh defaults (--no-hashing)", False), ("A1111_HASHING=1", True)):
+            phases = [run_phases(tmp, checkpoint, hashing) for _ in range(runs)]
+            medians = {k: statistics.median(p[k] for p in phases) for k in keys}
+            out.append(f"  {label}: " + ", ".join(f"{k} {medians[k]:.2f}" for k in keys))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--baseline-runs", type=int, default=5)
+    parser.add_argument("--phases", action="store_true", help="cold-start phases with and without --no-hashing")
+    parser.add_argument("--checkpoint-gb", type=float, default=2.1, help="checkpoint size for --phases (SD1.5: 2.1)")
     args = parser.parse_args()
+    if args.phases:
+        print("\n".join(measure_phases(args.checkpoint_gb, min(args.runs, 5))))
+        return 0
     print("\n".join(measure(args.runs, args.baseline_runs).lines()))
     return 0
 

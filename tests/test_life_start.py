@@ -243,3 +243,82 @@ def test_a1111_hides_its_folder_options(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     argv = (tmp_path / "argv.txt").read_text().split("\n")
     assert "--hide-ui-dir-config" in argv
+
+
+def _health_run(tmp_path: Path, **extra: str) -> tuple[list[str], subprocess.CompletedProcess]:
+    """start.sh with the stand-in and one health job; the stand-in's argv and the LD_PRELOAD that
+    it and the handler were started with are recorded (wrappers write it, then exec)."""
+    tmp_path.mkdir(exist_ok=True)
+    wrapper = tmp_path / "a1111-standin.sh"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s" "$LD_PRELOAD" > {tmp_path / "preload.txt"}\n'
+                       f'exec {PY} -m tests.replay "$@"\n')
+    wrapper.chmod(0o755)
+    handler = tmp_path / "handler.sh"
+    handler.write_text(f'#!/bin/sh\nprintf "%s" "$LD_PRELOAD" > {tmp_path / "handler_preload.txt"}\n'
+                       f'exec {_driver(tmp_path, [{"id": "h", "input": {"action": "health"}}])}\n')
+    handler.chmod(0o755)
+    env = _env(tmp_path, HANDLER_CMD=str(handler), **extra)
+    env["A1111_CMD"] = f"{wrapper} --argv-file {tmp_path / 'argv.txt'}" + (
+        " --backend forge" if extra.get("WEBUI_BACKEND") == "forge" else "")
+    env.pop("LD_PRELOAD", None)
+    proc = subprocess.run(["bash", str(START)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return (tmp_path / "argv.txt").read_text().split("\n"), proc
+
+
+def test_fast_start_flags_are_on_by_default(tmp_path):
+    # --no-hashing: no sha256 of every checkpoint at load; --no-half-vae: no fp16 VAE overflow;
+    # ControlNet's preprocessor weights on the volume, not in the container.
+    argv, _ = _health_run(tmp_path)
+    assert "--no-hashing" in argv and "--no-half-vae" in argv and "--hide-ui-dir-config" in argv
+    annotators = Path(tmp_path / "runpod-volume" / "models" / "controlnet" / "annotators")
+    assert argv[argv.index("--controlnet-annotator-models-path") + 1] == str(annotators)
+    assert annotators.is_dir()
+    assert "--controlnet-preprocessor-models-dir" not in argv  # Forge's name for it
+
+
+def test_each_opt_out_removes_its_flag(tmp_path):
+    argv, _ = _health_run(tmp_path / "hash", A1111_HASHING="1")
+    assert "--no-hashing" not in argv and "--no-half-vae" in argv
+    argv, _ = _health_run(tmp_path / "vae", A1111_HALF_VAE="1")
+    assert "--no-half-vae" not in argv and "--no-hashing" in argv
+
+
+def test_forge_gets_its_preprocessor_folder_flag(tmp_path):
+    argv, _ = _health_run(tmp_path, WEBUI_BACKEND="forge")
+    annotators = tmp_path / "runpod-volume" / "models" / "controlnet" / "annotators"
+    assert argv[argv.index("--controlnet-preprocessor-models-dir") + 1] == str(annotators)
+    assert "--controlnet-annotator-models-path" not in argv  # sd-webui-controlnet's flag: Forge would refuse it
+    assert "--no-hashing" in argv and "--no-half-vae" in argv
+
+
+def _fake_tcmalloc(tmp_path: Path, name: str = "libtcmalloc_minimal.so.4") -> Path:
+    """A file where the library would be: ld.so warns that it cannot preload it and goes on,
+    which is enough to see what start.sh handed to A1111."""
+    libs = tmp_path / "libs"
+    libs.mkdir(parents=True, exist_ok=True)
+    (libs / name).write_bytes(b"not a real library")
+    return libs
+
+
+def test_tcmalloc_is_preloaded_for_a1111_only_when_present(tmp_path):
+    libs = _fake_tcmalloc(tmp_path)
+    _, proc = _health_run(tmp_path, A1111_TCMALLOC_DIRS=f"{tmp_path / 'none'} {libs}")
+    assert (tmp_path / "preload.txt").read_text() == str(libs / "libtcmalloc_minimal.so.4")
+    assert f"tcmalloc: {libs / 'libtcmalloc_minimal.so.4'}" in proc.stderr
+    assert (tmp_path / "handler_preload.txt").read_text() == ""  # the handler gains nothing from it
+
+
+def test_tcmalloc_full_library_is_the_fallback_and_absence_is_fine(tmp_path):
+    libs = _fake_tcmalloc(tmp_path / "full", "libtcmalloc.so.4")
+    _health_run(tmp_path / "full", A1111_TCMALLOC_DIRS=str(libs))
+    assert (tmp_path / "full" / "preload.txt").read_text() == str(libs / "libtcmalloc.so.4")
+    _, proc = _health_run(tmp_path / "absent", A1111_TCMALLOC_DIRS=str(tmp_path / "absent"))
+    assert (tmp_path / "absent" / "preload.txt").read_text() == ""
+    assert "tcmalloc: not found" in proc.stderr
+
+
+def test_tcmalloc_opt_out(tmp_path):
+    libs = _fake_tcmalloc(tmp_path)
+    _health_run(tmp_path, A1111_TCMALLOC_DIRS=str(libs), A1111_TCMALLOC="0")
+    assert (tmp_path / "preload.txt").read_text() == ""
