@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -189,7 +190,9 @@ def test_never_ready_fails_clearly_at_the_deadline(tmp_path):
     [res] = _results(proc.stdout)
     result = res["result"]
     assert result["error_type"] == "a1111_unavailable", result
-    assert "did not become ready within A1111_READY_TIMEOUT=3" in result["error"]
+    # "did not become ready", or "is still not ready" when the handler's own start (imports on a
+    # loaded machine) already took the 3 s: both are the clear failure at the deadline.
+    assert re.search(r"A1111 (did not become|is still not) ready within A1111_READY_TIMEOUT=3 s", result["error"])
     assert "refresh_worker" not in result
     assert took < 15  # the deadline counts from the process start, plus the handler's imports
     assert _gone(_standin_pid(env))
