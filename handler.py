@@ -1,10 +1,12 @@
 """RunPod serverless worker for A1111 / Forge: thin wiring of the job flow.
 
-    raw job -> parse_job -> action:
-      txt2img: output.preflight -> presets.expand -> per step: ensure_ready -> resolve names
-               (extensions' too) -> compile_txt2img -> client.txt2img (with progress)
-               -> results.package -> presets.finish -> results.combine -> output.deliver
-      health, list_models, prefetch
+    raw job -> parse_job (field and name problems in one round) -> action:
+      txt2img / img2img (init_images): actions/generate.py: output.preflight -> [input images]
+               -> presets.expand -> ensure_ready -> per step: resolve names -> compile
+               -> client (with progress) -> results.package -> presets.finish -> output.deliver
+      upscale: actions/upscale.py (A1111's extras)
+      health (a1111/health.py), list_models, prefetch
+    every result is counted for health (monitor/metrics.py)
     any exception -> schemas.errors.error_result
 
 Importing this module has no side effects: ``runpod.serverless.start`` runs only under
@@ -29,25 +31,18 @@ from typing import Any
 
 from a1111.client import A1111Client
 from a1111.health import health
-from a1111.holding import HeldModels
 from a1111.lists import MODEL_LISTS
-from a1111.payload import compile_txt2img, compile_warnings
 from a1111.precheck import name_problems
-from a1111.progress import ProgressReporter
-from a1111.readiness import ensure_ready, prewarm_in_background, recheck_unavailable
-from a1111.resolve import resolve
-from a1111.results import combine, package
+from a1111.readiness import prewarm_in_background, recheck_unavailable
 from a1111.state import state_for
-from actions.img2img import run_img2img
+from actions.generate import run_generation
 from actions.upscale import run_upscale
 from cache import ModelCache
 from cache.catalog import Catalog
 from cache.inspect import family_from_metadata
 from monitor.metrics import counted
-from output.delivery import deliver, preflight
 from schemas.errors import A1111Unavailable, JobTimeout, WorkerError, error_result
 from schemas.job import Job, parse_job, ref_value
-from schemas.output import Packaged
 from schemas.redact import install_log_redaction, redact
 from schemas.settings import Settings
 
@@ -66,43 +61,6 @@ def load_catalog(settings: Settings) -> Catalog | None:
 
 
 # --------------------------------------------------------------------------- actions
-def run_txt2img(job: dict, parsed: Job, settings: Settings, started: float) -> dict:
-    import presets  # imported here: presets pull in Pillow drawing code
-
-    plan = preflight(parsed.output, job.get("s3Config"))  # a job that cannot be delivered fails before it generates
-    deadline = started + settings.job_timeout_s
-    catalog = load_catalog(settings)
-    steps = presets.expand(parsed, catalog, settings)
-    client = get_client(settings)
-    ensure_ready(settings, deadline=deadline)
-    cache = ModelCache(settings, catalog, deadline=deadline)  # downloads end with the job
-    outputs: list[tuple[str | None, Packaged]] = []
-    # Every worker's eviction spares the job's model files until it ends (or its marker expires).
-    with HeldModels(settings, catalog, cache=cache) as held:
-        for step in steps:
-            t0 = time.monotonic()
-            # Held, then checked to be on the volume: one that vanished is placed again, or the job fails.
-            resolved = held.confirm(step.job, resolve(step.job, settings, catalog, cache=cache))
-            payload = compile_txt2img(step.job, resolved, settings.backend)
-            t1 = time.monotonic()
-            log.info("job %s: txt2img%s %sx%s, %s steps, checkpoint %s, %d LoRA(s)", job.get("id"),
-                     f" [{step.label}]" if step.label else "", payload["width"], payload["height"],
-                     payload["steps"], resolved.checkpoint, len(resolved.loras))
-            _raise_if_cancelled()  # cancelled while models were resolved or downloaded: do not generate
-            with ProgressReporter(client, job, label=step.label):
-                response = client.txt2img(payload, deadline=deadline)
-            t2 = time.monotonic()
-            outputs.append((step.label, package(
-                response, payload, resolved,
-                return_control_maps=step.job.return_control_maps,
-                timings={"resolve_s": round(t1 - t0, 3), "generate_s": round(t2 - t1, 3)},
-                warnings=compile_warnings(step.job, resolved, settings.backend),
-            )))
-    packaged = combine(outputs, presets.finish(parsed, [out.result for _, out in outputs]))
-    packaged.result["timings"]["total_s"] = round(time.monotonic() - started, 3)
-    return deliver(packaged, plan, settings, str(job.get("id")))
-
-
 def run_health(settings: Settings) -> dict:
     return health(settings)
 
@@ -183,9 +141,7 @@ def run_job(job: dict) -> dict:
             return run_prefetch(parsed, settings, started)
         if parsed.action == "upscale":
             return run_upscale(job, parsed, settings, started, _raise_if_cancelled)
-        if parsed.init_images is not None:
-            return run_img2img(job, parsed, settings, started, _raise_if_cancelled)
-        return run_txt2img(job, parsed, settings, started)
+        return run_generation(job, parsed, settings, started, _raise_if_cancelled)  # txt2img, img2img
     except A1111Unavailable as exc:
         exc = recheck_unavailable(exc)  # a dead A1111 process: log tail + refresh_worker
         log.error("job %s: A1111 unavailable: %s", job_id, redact(exc.message))

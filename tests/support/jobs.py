@@ -69,7 +69,7 @@ def packaged(result: dict) -> Packaged:
 
 def deliver_result(result: dict, options: OutputOptions | None, settings: Settings, job_id: str,
                    s3_config: dict | None) -> dict:
-    """deliver() as handler.run_txt2img calls it: the plan from preflight, facts from packaging."""
+    """deliver() as actions/generate.run_generation calls it: the plan from preflight, facts from packaging."""
     return deliver(packaged(result), preflight(options, s3_config), settings, job_id)
 
 
