@@ -14,8 +14,7 @@ from typing import Any
 
 from a1111.payload import compile_txt2img
 from a1111.resolved import Resolved
-from inputs.decode import InputImage
-from inputs.load import JobImages
+from inputs.decode import InputImage, JobImages
 
 IMG2IMG = "/sdapi/v1/img2img"
 EXTRAS_SINGLE = "/sdapi/v1/extra-single-image"

@@ -27,7 +27,8 @@ from a1111.resolved import Resolved
 from a1111.results import combine, package
 from a1111.state import state_for
 from cache import ModelCache
-from inputs.load import JobImages, load_images
+from inputs.decode import JobImages
+from inputs.load import load_images
 from output.delivery import deliver, preflight
 from schemas.job import Job
 from schemas.output import Packaged

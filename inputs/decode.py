@@ -21,7 +21,7 @@ import binascii
 import io
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -105,3 +105,13 @@ def decode_image(data: bytes, *, max_pixels: int, mask: bool = False) -> InputIm
     # A1111 decodes it again at once on the same machine: speed over size.
     img.save(buf, "PNG", compress_level=1)
     return InputImage(base64.b64encode(buf.getvalue()).decode("ascii"), img.width, img.height, fmt)
+
+
+@dataclass(frozen=True)
+class JobImages:
+    """Every decoded image of one job (inputs/load.py fills it), by the field it came from."""
+
+    init_images: list[InputImage] = field(default_factory=list)
+    mask: InputImage | None = None
+    images: list[InputImage] = field(default_factory=list)  # the upscale action's
+    fetched: int = 0                                         # how many came from https URLs

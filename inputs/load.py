@@ -6,20 +6,11 @@ All problems are collected and raised as one error naming each field and index
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
-from inputs.decode import ImageRejected, InputImage, base64_bytes, decode_image, is_url
+from inputs.decode import ImageRejected, InputImage, JobImages, base64_bytes, decode_image, is_url
 from inputs.fetch import fetch_image
 from schemas.errors import Problem, WorkerError, problems_error
-
-
-@dataclass(frozen=True)
-class JobImages:
-    init_images: list[InputImage] = field(default_factory=list)
-    mask: InputImage | None = None
-    images: list[InputImage] = field(default_factory=list)  # the upscale action's
-    fetched: int = 0                                         # how many came from https URLs
 
 
 def _sources(job: Any) -> list[tuple[str, str, bool]]:
