@@ -746,15 +746,6 @@ def test_fuzz_list_answers(env: Env, route: str, status: int, body: Any, inp: di
         state_for(env.server.url).lists.forget()
 
 
-def test_fuzz_example_count() -> None:
-    """The whole suite ran at least 10,000 generated inputs (only when every fuzz test ran)."""
-    ran = {name for name, n in REPORT.examples.items() if n}
-    if ran != set(EXAMPLES):
-        pytest.skip(f"only {sorted(ran)} ran; the count applies to the whole module")
-    total = sum(REPORT.examples.values())
-    assert total >= MIN_TOTAL, f"only {total} fuzz examples ran"
-
-
 # --------------------------------------------------------------------------- image jobs
 image_sources = st.one_of(
     st.sampled_from([png_b64(), png_b64(size=(32, 48)), "data:image/png;base64," + png_b64(),
@@ -796,3 +787,13 @@ def test_fuzz_image_jobs(env: Env, inp: dict) -> None:
     """img2img, inpainting and upscale jobs with good and bad images and fields: each body sent
     conforms to the recorded img2img / extras schema, or the job is a clear error sent nowhere."""
     run_and_check(env, {"id": "images", "input": inp}, "test_fuzz_image_jobs")
+
+
+# The count comes last: pytest runs a module's tests in file order, and it needs every fuzz test done.
+def test_fuzz_example_count() -> None:
+    """The whole suite ran at least 10,000 generated inputs (only when every fuzz test ran)."""
+    ran = {name for name, n in REPORT.examples.items() if n}
+    if ran != set(EXAMPLES):
+        pytest.skip(f"only {sorted(ran)} ran; the count applies to the whole module")
+    total = sum(REPORT.examples.values())
+    assert total >= MIN_TOTAL, f"only {total} fuzz examples ran"
