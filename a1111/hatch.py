@@ -40,9 +40,13 @@ JOB_OWNED = {
     "sampler_index": "sampler_name", "scheduler": "scheduler", "steps": "steps", "cfg_scale": "cfg_scale",
     "width": "width", "height": "height", "seed": "seed", "batch_size": "batch_size", "n_iter": "n_iter",
     "distilled_cfg_scale": "distilled_cfg_scale", "enable_hr": "hires", "hr_scale": "hires",
-    "hr_upscaler": "hires", "hr_second_pass_steps": "hires", "denoising_strength": "hires",
+    "hr_upscaler": "hires", "hr_second_pass_steps": "hires", "denoising_strength": "hires or denoising_strength",
     "hr_cfg": "hires", "hr_distilled_cfg": "hires", "hr_additional_modules": "hires",
     "hr_resize_x": "hires", "hr_resize_y": "hires",
+    # img2img's own fields are the job's (schemas/images.py), never the escape hatch's
+    "init_images": "init_images", "mask": "mask", "resize_mode": "resize_mode", "mask_blur": "mask_blur",
+    "inpainting_fill": "inpainting_fill", "inpaint_full_res": "inpaint_full_res",
+    "inpaint_full_res_padding": "inpaint_full_res_padding", "inpainting_mask_invert": "inpainting_mask_invert",
 }
 OVERRIDE_OWNED = {
     "sd_model_checkpoint": "checkpoint", "CLIP_stop_at_last_layers": "clip_skip",
@@ -247,7 +251,8 @@ def hatch_problems(extra: dict[str, Any], backend: str) -> list[Problem]:
 def _refusal(key: str) -> str:
     fld = f"a1111.{key[:60]}"
     if key in JOB_OWNED:
-        return f"{fld} is set through the job field '{JOB_OWNED[key]}'; use that instead"
+        where = " or ".join(f"'{name}'" for name in JOB_OWNED[key].split(" or "))  # hires, or img2img's own
+        return f"{fld} is set through the job field {where}; use that instead"
     if key in WORKER_OWNED:
         return f"{fld} cannot be changed: {WORKER_OWNED[key]}"
     if key in REFUSED:

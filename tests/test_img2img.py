@@ -168,3 +168,15 @@ def test_img2img_fields_need_init_images(env: ReplayServer) -> None:
     out = run({"prompt": "a cat", "mask": image_b64(), "denoising_strength": 0.4})
     assert out["error_type"] == "validation" and "needs 'init_images'" in out["error"]
     assert env.sent("POST", "/sdapi/v1/txt2img") == []
+
+
+def test_img2img_fields_through_the_escape_hatch_name_the_job_fields(env: ReplayServer) -> None:
+    """An init image or a denoising strength slipped in through ``a1111`` would reach A1111
+    past every image check: refused, naming the job field to use, before any generation."""
+    out = run({"prompt": "a cat", "init_images": [image_b64()],
+               "a1111": {"denoising_strength": 0.3, "init_images": ["https://example.com/a.png"], "mask_blur": 2}})
+    assert out["error_type"] == "validation", out
+    assert "a1111.denoising_strength is set through the job field 'hires' or 'denoising_strength'" in out["error"]
+    assert "a1111.init_images is set through the job field 'init_images'" in out["error"]
+    assert "a1111.mask_blur is set through the job field 'mask_blur'" in out["error"]
+    assert sent(env) == []
