@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from a1111.readiness import cold_start, recheck_unavailable, warming_up
+from a1111.readiness import cold_start, last_failure, recheck_unavailable, warming_up
 from a1111.state import state_for
 from a1111.supervisor import Supervisor
 from monitor.gpu import read_gpu
@@ -41,14 +41,19 @@ def waiting_for(cold: Mapping[str, Any]) -> str | None:
     return next((what for key, what in _PHASES if cold.get(key) is None), None)
 
 
-def model_status(checkpoint: str | None, *, starting: bool, broken: str | None) -> dict[str, Any]:
+def model_status(checkpoint: str | None, *, starting: bool, broken: str | None,
+                 start_failed: str | None = None) -> dict[str, Any]:
     """``loading`` while the worker starts, ``failed`` after a result that asked for a new
-    worker (until a generation succeeds), ``none`` without a loaded checkpoint, else ``loaded``. PURE."""
+    worker (until a generation succeeds) or while the last start-up check stands failed,
+    ``none`` without a loaded checkpoint, else ``loaded``. PURE."""
     if starting:
         return {"status": "loading", "checkpoint": None}
     if broken is not None:
         return {"status": "failed", "checkpoint": checkpoint,
                 "reason": f"a job failed with {broken} and asked RunPod to replace this worker"}
+    if start_failed is not None:
+        return {"status": "failed", "checkpoint": checkpoint,
+                "reason": f"the start-up check failed: {start_failed} (the next job checks again)"}
     return {"status": "loaded" if checkpoint else "none", "checkpoint": checkpoint or None}
 
 
@@ -62,7 +67,7 @@ def health(settings: Settings, *, jobs: JobCounters = WORKER_JOBS, gpu: GpuReade
             raise recheck_unavailable(A1111Unavailable("A1111 is not running"), sup)
         a1111 = _starting(cold, sup)
     else:
-        a1111 = _serving(settings, jobs.broken)
+        a1111 = _serving(settings, jobs.broken, None if cold["ready"] else last_failure(settings))
     reading, reason = gpu()
     return {"backend": settings.backend, **a1111, "cold_start": cold,
             "gpu": reading, "gpu_unavailable_reason": reason, "jobs": jobs.snapshot()}
@@ -92,7 +97,7 @@ def _starting(cold: Mapping[str, Any], sup: Supervisor) -> dict[str, Any]:
     }
 
 
-def _serving(settings: Settings, broken: str | None) -> dict[str, Any]:
+def _serving(settings: Settings, broken: str | None, start_failed: str | None) -> dict[str, Any]:
     client = state_for(settings).client
     t0 = time.monotonic()
     client.get("/sdapi/v1/sd-models")
@@ -108,6 +113,6 @@ def _serving(settings: Settings, broken: str | None) -> dict[str, Any]:
         "status": "ok",
         "ping_ms": ping_ms,
         "checkpoint": checkpoint,
-        "model": model_status(checkpoint, starting=False, broken=broken),
+        "model": model_status(checkpoint, starting=False, broken=broken, start_failed=start_failed),
         "memory": memory,
     }

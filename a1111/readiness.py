@@ -136,7 +136,10 @@ def _run_attempt(st: ReadyState, settings: Settings, sup: Supervisor, attempt: _
         _wait_until_ready(st, settings, sup, attempt)
     except Exception as exc:  # noqa: BLE001 - handed to every job that waits on this attempt
         attempt.error = exc
+        st.last_failure = str(getattr(exc, "message", None) or _short(exc))[:300]
         log.warning("A1111 not ready: %s", getattr(exc, "message", exc))
+    else:
+        st.last_failure = None
     finally:
         # Cleared before done is set: a job that sees a failure and asks again starts afresh.
         with st.lock:
@@ -389,3 +392,8 @@ def warming_up(settings: Settings) -> bool:
     """True while a readiness attempt is under way; the health action reads it so that it
     answers at once instead of waiting for the attempt."""
     return phase_now(settings) not in ("ready", "not waiting")
+
+
+def last_failure(settings: Settings) -> str | None:
+    """Why the worker's last readiness attempt failed (None before any, or once one succeeded)."""
+    return state_for(settings).readiness.last_failure

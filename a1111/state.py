@@ -48,6 +48,7 @@ class ReadyState:
     cold: ColdStart = field(default_factory=ColdStart)
     lock: threading.Lock = field(default_factory=threading.Lock)
     attempt: Any = None  # a1111.readiness's wait in progress, shared by every job that waits
+    last_failure: str | None = None  # why the last attempt failed; None once one succeeded
 
 
 class WorkerState:

@@ -164,6 +164,21 @@ def test_model_failed_after_a_stuck_backend_until_a_generation_succeeds(forge_en
     assert run({"action": "health"})["model"]["status"] == "loaded"
 
 
+def test_model_failed_while_the_start_up_check_stands_failed(forge_env):
+    """The warm-up generation of a fresh worker fails (Forge's recorded stuck state,
+    stuck_2: 500): the job reports it, and health, A1111 still answering its lists, shows the
+    model as failed with that reason until a later job's check succeeds."""
+    forge_env.respond_sequence("POST", TXT2IMG, ["stuck_2_txt2img_plain_500", "stuck_11_txt2img_plain_recovered"])
+    first = run({"prompt": "a tile"})
+    assert first["error_type"] == "a1111_unavailable" and "warm-up" in first["error"], first
+    status = run({"action": "health"})
+    assert status["status"] == "ok" and status["cold_start"]["ready"] is False, status
+    assert status["model"]["status"] == "failed", status["model"]
+    assert "start-up check failed" in status["model"]["reason"] and "HTTP 500" in status["model"]["reason"]
+    assert "error" not in run({"prompt": "a tile"})  # the check runs again and passes
+    assert run({"action": "health"})["model"]["status"] == "loaded"
+
+
 def test_counters_are_bounded_and_pure():
     counters = JobCounters(now=lambda: 100.0)
     for i in range(RECENT_GENERATIONS + 50):
