@@ -29,6 +29,7 @@ def fetch_image(url: str, field: str, settings: Any, *, deadline: float | None) 
     with tempfile.TemporaryDirectory(prefix="input-image-") as tmp:
         part = Path(tmp) / "image.part"
         try:
+            # No auth headers: the operator's HF/Civitai tokens are for models, never for what a job points at.
             fetch_url(url, part, what=field, allow_private=settings.download_allow_private,
                       want_safetensors=False, cfg=DownloadConfig.from_env(), bounds=bounds)
         except ValidationFailed as exc:

@@ -180,3 +180,20 @@ def test_img2img_fields_through_the_escape_hatch_name_the_job_fields(env: Replay
     assert "a1111.init_images is set through the job field 'init_images'" in out["error"]
     assert "a1111.mask_blur is set through the job field 'mask_blur'" in out["error"]
     assert sent(env) == []
+
+
+def test_init_image_on_the_token_hosts_gets_no_token(env: ReplayServer, https_files: FileServer,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local HTTPS server stands in for Hugging Face and Civitai (HF_ENDPOINT, CIVITAI_BASE_URL),
+    where model downloads send the operator's tokens: an image a job points there is fetched
+    without them, so a job cannot read the operator's private files through img2img."""
+    monkeypatch.setenv("HF_ENDPOINT", https_files.url)
+    monkeypatch.setenv("CIVITAI_BASE_URL", https_files.url)
+    monkeypatch.setenv("HF_TOKEN", "hf_operator_secret")
+    monkeypatch.setenv("CIVITAI_TOKEN", "civitai_operator_secret")
+    https_files.files["/private/cat.png"] = encoded(Image.new("RGB", (64, 64), (1, 2, 3)), "PNG")
+    out = run({"prompt": "a cat", "init_images": [f"{https_files.url}/private/cat.png"], "seed": 1, "steps": 2})
+    assert "error" not in out, out
+    [seen] = [s for s in https_files.seen if s.path.startswith("/private/cat.png")]
+    assert "Authorization" not in seen.headers and "token" not in seen.path
+    assert all("operator_secret" not in v for v in seen.headers.values())
