@@ -31,6 +31,8 @@ def _source(value: str) -> str:
 
 ImageSource = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_FIELD), AfterValidator(_source)]
 
+# The fields whose values are image data: errors describe them, never show them.
+IMAGE_DATA_FIELDS = ("init_images", "mask", "images")
 IMG2IMG_FIELDS = ("init_images", "denoising_strength", "resize_mode", "mask", "mask_blur", "inpainting_fill",
                   "inpaint_full_res", "inpaint_full_res_padding", "inpainting_mask_invert", "mask_resize")
 MASK_FIELDS = ("mask_blur", "inpainting_fill", "inpaint_full_res", "inpaint_full_res_padding",

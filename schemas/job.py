@@ -19,8 +19,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from schemas.errors import Problem, problems_error
 from schemas.extensions import ADetailerField, ControlNetUnits, HiresSpec, adetailer_units
-from schemas.images import IMAGE_ALLOWED, ImageFields, image_problems
-from schemas.messages import clean_loc, got, loc_text
+from schemas.images import IMAGE_ALLOWED, IMAGE_DATA_FIELDS, ImageFields, image_problems
+from schemas.messages import clean_loc, described, got, loc_text
 from schemas.output import OutputOptions
 from schemas.presets import Angle, Quality, RubberTileColors, preset_problems
 from schemas.refs import (
@@ -238,7 +238,8 @@ def _problem_from(err: dict[str, Any], known_fields: list[str]) -> Problem:
         guess = SYNONYMS.get(name.lower()) or (close[0] if close else None)
         hint = f"; did you mean '{guess}'?" if guess else "; see the input fields in the README"
         return Problem(field, f"unknown field {got(name)}{hint}", hints={"suggestion": guess} if guess else {})
-    shown = f", got {got(err['input'])}" if "input" in err and etype not in {"missing"} else ""
+    show = described if top in IMAGE_DATA_FIELDS else got
+    shown = f", got {show(err['input'])}" if "input" in err and etype not in {"missing"} else ""
     if len(loc) == 1 and top in ALLOWED and etype not in {"value_error", "missing"}:
         return Problem(field, f"{field} must be {ALLOWED[top]}{shown}", hints={"allowed": ALLOWED[top]})
     if etype == "missing":

@@ -73,3 +73,15 @@ def got(value: Any) -> str:
     # reprlib, not repr: a value nested ~1000 deep (json.loads allows it) would exhaust the recursion.
     text = REPR.repr(_redacted(value, 0))
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def described(value: Any) -> str:
+    """What a value is without showing any of it, for fields that carry image data (an
+    error is logged and returned, and must hold none of an image)."""
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} item(s)"
+    if isinstance(value, dict):
+        return f"an object with {len(value)} key(s)"
+    return got(value)  # a number, a boolean or null holds no image

@@ -197,3 +197,20 @@ def test_init_image_on_the_token_hosts_gets_no_token(env: ReplayServer, https_fi
     [seen] = [s for s in https_files.seen if s.path.startswith("/private/cat.png")]
     assert "Authorization" not in seen.headers and "token" not in seen.path
     assert all("operator_secret" not in v for v in seen.headers.values())
+
+
+def test_wrongly_shaped_image_fields_are_described_not_echoed(env: ReplayServer, caplog) -> None:
+    """An image in the wrong shape (a string for the list, a list for the mask, an object in
+    the list): the error says what came, never any of the image's data, in the result or the log."""
+    image = image_b64()
+    caplog.set_level(logging.INFO)
+    for inp, where, what in [
+        ({"init_images": image}, "init_images must be", f"got a string of {len(image)} characters"),
+        ({"init_images": [image], "mask": [image]}, "mask must be", "got a list of 1 item(s)"),
+        ({"init_images": [{"data": image}]}, "init_images[0]", "got an object with 1 key(s)"),
+    ]:
+        out = run({"prompt": "a cat", **inp})
+        assert out["error_type"] == "validation" and where in out["error"] and what in out["error"], out
+        assert image[:16] not in json.dumps(out)
+    assert image[:16] not in caplog.text
+    assert sent(env) == []
